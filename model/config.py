@@ -1,0 +1,104 @@
+"""Model architecture configuration (the `model` section of a run config)."""
+
+from dataclasses import dataclass, fields
+
+FAMILIES = ("metastate", "rwkv7", "transformer")
+SSE_MODES = ("state", "learned")
+Z_NORMS = ("none", "l2", "rms")
+OUT_NORMS = ("head", "full")
+
+
+@dataclass
+class ModelConfig:
+    family: str = "metastate"          # metastate | rwkv7 | transformer
+    vocab_size: int = 50304            # GPT-NeoX-20B's 50277 padded to a multiple of 128
+    n_layer: int = 12
+    d_model: int = 768                 # residual width C
+    d_state: int = 0                   # state width C_s = H_s * head_size; 0 means d_model
+    head_size: int = 64                # N
+    # Meta-State layer switches (DESIGN.md section 2)
+    sse: str = "state"                 # state | learned
+    z_norm: str = "l2"                 # none | l2 | rms
+    out_norm: str = "head"             # head | full
+    # Width of the feed-forward layer: rwkv7 ChannelMix (official: 4C) or transformer SwiGLU
+    # (8C/3 rounded up to a multiple of 64). 0 = that default; unused by the metastate family.
+    ffn_dim: int = 0
+    # TimeMix LoRA ranks; 0 = RWKV-LM's formula max(32, round(f * sqrt(C) / 32) * 32) with
+    # f = 2.5 (decay), 2.5 (in-context rate a), 1.7 (value residual), 5 (output gate).
+    lora_decay: int = 0
+    lora_a: int = 0
+    lora_value: int = 0
+    lora_gate: int = 0
+    rope_theta: float = 10000.0        # transformer family only
+
+
+def coerce_model_config(cfg) -> ModelConfig:
+    """A ModelConfig from a ModelConfig, an omegaconf `cfg.model` node or a plain mapping.
+
+    Example: coerce_model_config({"family": "rwkv7", "n_layer": 2}).n_layer == 2
+    """
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    names = {f.name for f in fields(ModelConfig)}
+    if isinstance(cfg, dict):
+        items = dict(cfg)
+    else:
+        items = {name: getattr(cfg, name) for name in names if hasattr(cfg, name)}
+    unknown = sorted(set(items) - names)
+    if unknown:
+        raise ValueError(f"model config: unknown key(s) {', '.join(unknown)}; "
+                         f"valid keys are {', '.join(sorted(names))}")
+    return ModelConfig(**items)
+
+
+def state_width(cfg: ModelConfig) -> int:
+    """C_s: the configured d_state, or d_model when d_state is 0."""
+    return cfg.d_state or cfg.d_model
+
+
+def lora_rank(cfg: ModelConfig, which: str) -> int:
+    """LoRA rank of the TimeMix's `decay`, `a`, `value` or `gate` projection.
+
+    Example: lora_rank(ModelConfig(d_model=768), "gate") == 128 (RWKV-LM's formula).
+    """
+    factor = {"decay": 2.5, "a": 2.5, "value": 1.7, "gate": 5.0}[which]
+    override = {"decay": cfg.lora_decay, "a": cfg.lora_a, "value": cfg.lora_value,
+                "gate": cfg.lora_gate}[which]
+    if override:
+        return override
+    return max(32, int(round(factor * cfg.d_model ** 0.5 / 32) * 32))
+
+
+def ffn_width(cfg: ModelConfig) -> int:
+    """Hidden width of the rwkv7 ChannelMix (4C) or the transformer SwiGLU (8C/3 -> x64)."""
+    if cfg.ffn_dim:
+        return cfg.ffn_dim
+    if cfg.family == "transformer":
+        return -(-8 * cfg.d_model // 3 // 64) * 64
+    return 4 * cfg.d_model
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Raise ValueError with a one-line message naming the bad field and the fix."""
+    choices = {"family": FAMILIES, "sse": SSE_MODES, "z_norm": Z_NORMS, "out_norm": OUT_NORMS}
+    for name, allowed in choices.items():
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise ValueError(f"model.{name}={value!r} is not supported; choose one of "
+                             f"{', '.join(allowed)}")
+    for name in ("vocab_size", "n_layer", "d_model", "head_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"model.{name}={getattr(cfg, name)} must be at least 1")
+    for name in ("d_state", "ffn_dim", "lora_decay", "lora_a", "lora_value", "lora_gate"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"model.{name}={getattr(cfg, name)} must be >= 0 (0 = default)")
+    if cfg.d_model % cfg.head_size:
+        raise ValueError(f"model.head_size={cfg.head_size} does not divide model.d_model="
+                         f"{cfg.d_model}; pick a d_model that is a multiple of the head size")
+    if state_width(cfg) % cfg.head_size:
+        raise ValueError(f"model.head_size={cfg.head_size} does not divide the state width "
+                         f"C_s = model.d_state={cfg.d_state}; use a multiple of the head size")
+    if cfg.family == "transformer" and cfg.head_size % 2:
+        raise ValueError(f"model.head_size={cfg.head_size} must be even for RoPE")
+    if cfg.rope_theta <= 0:
+        raise ValueError(f"model.rope_theta={cfg.rope_theta} must be positive")
