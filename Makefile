@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine with Python >= 3.10 and pip: `make demo` and `make test`.
+# Each creates the project virtualenv if absent and installs what it needs.
+#
+# torch is installed first, pinned, so that no dependency's looser `torch>=...` pulls a
+# multi-GB CUDA build. On a GPU machine set TORCH_SPEC to your CUDA build (or pre-install torch in
+# the venv: an importable torch is kept) and add the fla kernels with `make setup EXTRAS=dev,gpu`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.metastate-installed
+
+.PHONY: setup demo test bench lint
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python benchmarks/ops_bench.py --lengths 256 1024 --repeats 2
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/ops_bench.py
+
+lint: setup
+	$(BIN)/ruff check .

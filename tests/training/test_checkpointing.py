@@ -1,0 +1,117 @@
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpointing import (
+    LATEST,
+    CheckpointError,
+    CheckpointManager,
+    find_latest,
+    read_manifest,
+    resolve_resume,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def save_tensor(step):
+    return lambda d: torch.save({"w": torch.full((3,), float(step))}, d / "model.pt")
+
+
+def load_tensor(path):
+    return torch.load(path / "model.pt", weights_only=True)["w"]
+
+
+def test_save_publishes_directory_manifest_and_latest(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    path = manager.save(10, save_tensor(10), {"config": {"a": 1}})
+    assert path.name == "step-00000010"
+    assert (tmp_path / LATEST).read_text().strip() == "step-00000010"
+    assert read_manifest(path) == {"step": 10, "config": {"a": 1}}
+    assert load_tensor(path).tolist() == [10.0] * 3
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def test_keep_last_prunes_oldest(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (1, 2, 3, 4):
+        manager.save(step, save_tensor(step), {})
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000003", "step-00000004"]
+    assert find_latest(tmp_path).name == "step-00000004"
+
+
+def test_keep_last_zero_keeps_everything(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=0)
+    for step in (1, 2, 3):
+        manager.save(step, save_tensor(step), {})
+    assert len(list(tmp_path.glob("step-*"))) == 3
+
+
+def test_process_killed_mid_save_leaves_previous_checkpoint_loadable(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(REPO)!r})
+        from pathlib import Path
+        from training.checkpointing import CheckpointManager
+        manager = CheckpointManager(Path({str(tmp_path)!r}), keep_last=3)
+        manager.save(1, lambda d: torch.save({{"w": torch.ones(3)}}, d / "model.pt"), {{}})
+        def half_written(d):
+            (d / "model.pt").write_bytes(b"half a tensor")
+            os.kill(os.getpid(), signal.SIGKILL)
+        manager.save(2, half_written, {{}})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert (tmp_path / ".partial-step-00000002").is_dir()
+    assert (tmp_path / LATEST).read_text().strip() == "step-00000001"
+    latest = resolve_resume("auto", tmp_path)
+    assert latest.name == "step-00000001"
+    assert load_tensor(latest).tolist() == [1.0] * 3
+    # the next save cleans the crashed partial directory
+    CheckpointManager(tmp_path).save(2, save_tensor(2), {})
+    assert not list(tmp_path.glob(".partial-*"))
+    assert find_latest(tmp_path).name == "step-00000002"
+
+
+def test_crash_after_rename_before_pointer_update_finds_newest(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save(1, save_tensor(1), {})
+    manager.save(2, save_tensor(2), {})
+    (tmp_path / LATEST).write_text("step-00000001\n")  # pointer not yet moved
+    assert resolve_resume("auto", tmp_path).name == "step-00000002"
+
+
+def test_full_disk_reports_and_keeps_last_good_checkpoint(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save(1, save_tensor(1), {})
+
+    def disk_full(d):
+        (d / "model.pt").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(CheckpointError, match=r"No space left on device; free disk space.*step-00000001 is intact"):
+        manager.save(2, disk_full, {})
+    assert not list(tmp_path.glob(".partial-*"))
+    assert resolve_resume("auto", tmp_path).name == "step-00000001"
+
+
+def test_resolve_resume_modes(tmp_path):
+    assert resolve_resume("none", tmp_path) is None
+    assert resolve_resume("auto", tmp_path / "nothing-yet") is None
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        resolve_resume(str(tmp_path / "missing"), tmp_path)
+    broken = tmp_path / "step-00000005"
+    broken.mkdir()
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        resolve_resume(str(broken), tmp_path)
+    run_dir = tmp_path / "run"
+    CheckpointManager(run_dir / "checkpoints").save(7, save_tensor(7), {})
+    assert resolve_resume(str(run_dir), tmp_path).name == "step-00000007"
+    assert resolve_resume(str(run_dir / "checkpoints"), tmp_path).name == "step-00000007"
