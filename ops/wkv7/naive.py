@@ -30,11 +30,15 @@ def wkv7_naive(
     else:
         state = initial_state.to(compute_dtype)
     outputs: list[list[torch.Tensor]] = [[] for _ in qs]
-    for t in range(T):
-        removal = (state @ a[:, t, :, :, None]) @ b[:, t, :, None, :]
-        state = state * decay[:, t, :, None, :] + removal + v[:, t, :, :, None] @ k[:, t, :, None, :]
-        for out, q in zip(outputs, qs):
-            out.append((state @ q[:, t, :, :, None]).squeeze(-1))
+    # unbind along time rather than index: an indexed slice's backward allocates a full-size
+    # zero gradient per step, which would make the loop quadratic in T.
+    steps = zip(decay.unbind(1), k.unbind(1), v.unbind(1), a.unbind(1), b.unbind(1),
+                *(q.unbind(1) for q in qs))
+    for d_t, k_t, v_t, a_t, b_t, *q_ts in steps:
+        removal = (state @ a_t[..., None]) @ b_t[..., None, :]
+        state = state * d_t[..., None, :] + removal + v_t[..., None] @ k_t[..., None, :]
+        for out, q_t in zip(outputs, q_ts):
+            out.append((state @ q_t[..., None]).squeeze(-1))
     ys = tuple(torch.stack(out, dim=1).to(out_dtype) for out in outputs)
     final_state = state.to(torch.promote_types(out_dtype, torch.float32)) if output_final_state else None
     return ys, final_state

@@ -1,0 +1,247 @@
+"""The run config: every component's schema composed into one `RunConfig`, loaded from a YAML preset
+plus command-line overrides, and checked before anything expensive starts.
+
+Composition order (later wins): schema defaults -> the preset's `base:` chain, root first -> the
+preset -> `key=value` overrides in command-line order. Every problem is a `ConfigError` that names
+the dotted key, where the value came from, and the nearest valid key or choice.
+"""
+
+import difflib
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from data_pipeline.config import DataConfig
+from evals.config import EvalConfig
+from launch.config import LaunchConfig
+from launch.config_checks import check_run_config
+from launch.presets import (
+    BASE_KEY,
+    ConfigError,
+    available_presets,
+    display_path,
+    find_preset,
+    parse_override,
+    preset_chain,
+    read_preset,
+)
+from model.config import ModelConfig
+from ops.config import OpsConfig
+from training.config import (
+    CheckpointConfig,
+    OptimConfig,
+    ParallelConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "ConfigError", "RunConfig", "load_run_config", "to_yaml", "to_plain_dict",
+    "find_preset", "available_presets",
+]
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_run_config(path_or_name: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a preset (a bare name such as `demo`, or a YAML path) and apply dotlist overrides.
+
+    Returns a resolved, RunConfig-typed DictConfig; pass `cfg.model`, `cfg.data`, ... to components.
+    Raises ConfigError naming the key, its source and a suggestion for any invalid value.
+
+    Example:
+        >>> cfg = load_run_config("demo", ["train.steps=10", "model.n_layer=4"])
+        >>> cfg.train.steps, cfg.model.n_layer
+        (10, 4)
+    """
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides must be a list of 'key=value' strings, got the string "
+                        f"{overrides!r}; wrap it in a list")
+    cfg = OmegaConf.structured(RunConfig)
+    origins: dict[str, str] = {}
+    problems: list[str] = []
+    for path in preset_chain(find_preset(path_or_name)):
+        tree = read_preset(path)
+        tree.pop(BASE_KEY, None)
+        unknown = _apply_tree(cfg, tree, display_path(path), origins, problems)
+        problems[:0] = _unknown_keys_problem(unknown, f"in {display_path(path)}")
+    unknown = []
+    for item in overrides:
+        source = f"command-line override '{item}'"
+        unknown += _apply_tree(cfg, parse_override(item), source, origins, problems)
+    problems[:0] = _unknown_keys_problem(unknown, "on the command line")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", "") or "?"
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"cannot resolve '{key}' {_from(origins, key)}: {reason}") from None
+    problems = check_run_config(cfg, origins)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The config as YAML with interpolations resolved, e.g. `print(to_yaml(cfg))`."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_plain_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The config as nested plain dicts/lists (for JSON, MLflow params or checkpoint metadata)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying a layer: unknown keys, sections given as values, and type errors, all collected
+
+
+def _section_fields(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in fields(schema)}
+
+
+def _all_keys(schema: type = RunConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for name, annotation in _section_fields(schema).items():
+        keys.append(prefix + name)
+        if is_dataclass(annotation):
+            keys += _all_keys(annotation, f"{prefix}{name}.")
+    return keys
+
+
+def _apply_tree(cfg: DictConfig, tree: dict, source: str, origins: dict[str, str],
+                problems: list[str]) -> list[tuple[str, str]]:
+    """Set every known leaf of `tree` on `cfg`; append type problems, return the unknown keys."""
+    unknown: list[tuple[str, str]] = []
+    leaves: list[tuple[str, Any, Any]] = []
+    _walk(tree, RunConfig, "", unknown, problems, leaves, source)
+    for key, value, annotation in leaves:
+        try:
+            OmegaConf.update(cfg, key, _as_declared(value, annotation), merge=False)
+        except OmegaConfBaseException:
+            problems.append(f"{key} must be {_type_phrase(annotation)}, got {_show(value)} "
+                            f"in {source}")
+            continue
+        origins[key] = source
+    return unknown
+
+
+def _unknown_keys_problem(unknown: list[tuple[str, str]], where: str) -> list[str]:
+    if len(unknown) == 1:
+        key, hint = unknown[0]
+        return [f"unknown key '{key}' {where}; {hint}"]
+    if unknown:
+        return [f"unknown keys {where}: " + ", ".join(f"'{k}' ({h})" for k, h in unknown)]
+    return []
+
+
+def _walk(tree: dict, schema: type, prefix: str, unknown: list[str], problems: list[str],
+          leaves: list, source: str) -> None:
+    known = _section_fields(schema)
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if name not in known:
+            for unknown_key in _leaf_keys(value, key):
+                suggestion = _suggest_key(unknown_key)
+                hint = f"did you mean '{suggestion}'?" if suggestion else _valid_keys_hint(prefix)
+                unknown.append((unknown_key, hint))
+            continue
+        annotation = known[name]
+        if is_dataclass(annotation):
+            if isinstance(value, dict):
+                _walk(value, annotation, key + ".", unknown, problems, leaves, source)
+            else:
+                first = fields(annotation)[0].name
+                problems.append(f"'{key}' in {source} is a section, not a value; set its keys, "
+                                f"e.g. {key}.{first}=...")
+        elif isinstance(value, dict):
+            problems.append(f"{key} must be {_type_phrase(annotation)}, got a mapping in {source}")
+        else:
+            leaves.append((key, value, annotation))
+
+
+def _leaf_keys(value: Any, key: str) -> list[str]:
+    # `trian: {steps: 1}` reports 'trian.steps', so the suggestion can be 'train.steps'.
+    if isinstance(value, dict) and value:
+        return [leaf for name, v in value.items() for leaf in _leaf_keys(v, f"{key}.{name}")]
+    return [key]
+
+
+def _suggest_key(key: str) -> str | None:
+    """The nearest valid key: a sibling, then the same name in another section, then (only when
+    the section itself is unknown) any key."""
+    all_keys = _all_keys()
+    parent, _, name = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in all_keys if k.rpartition(".")[0] == parent]
+    match = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+    if match:
+        return f"{parent}.{match[0]}" if parent else match[0]
+    by_name = {k.rpartition(".")[2]: k for k in all_keys if "." in k}
+    match = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.8)
+    if match:
+        return by_name[match[0]]
+    if parent in all_keys:
+        return None
+    match = difflib.get_close_matches(key, all_keys, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _valid_keys_hint(prefix: str) -> str:
+    parent = prefix.rstrip(".")
+    keys = [k.rpartition(".")[2] for k in _all_keys() if k.rpartition(".")[0] == parent]
+    return f"{'valid keys of ' + repr(parent) if parent else 'valid sections'}: {', '.join(keys)}"
+
+
+def _as_declared(value: Any, annotation: Any) -> Any:
+    # YAML reads `lr: 1` as an int; hand float fields a float so omegaconf need not convert.
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(annotation) is list and isinstance(value, list):
+        (item,) = typing.get_args(annotation) or (Any,)
+        return [_as_declared(v, item) for v in value]
+    return value
+
+
+def _type_phrase(annotation: Any) -> str:
+    phrases = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if annotation in phrases:
+        return phrases[annotation]
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        inner = phrases.get(item, "values").removeprefix("an ").removeprefix("a ")
+        return f"a list of {inner}s" if item in phrases else "a list"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _from(origins: dict[str, str], key: str) -> str:
+    return f"in {origins[key]}" if key in origins else "in the schema defaults"
+
+

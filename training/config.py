@@ -1,0 +1,65 @@
+"""Training configuration: the `optim`, `train`, `parallel`, `checkpoint` and `tracking` sections.
+
+Each section is its own schema so that a component receives only the part it uses (the optimizer
+builder gets `cfg.optim`, the checkpointer `cfg.checkpoint`, ...). Choice fields are plain strings
+checked against the tuples below when a run config is loaded (see `launch/run_config.py`).
+"""
+
+from dataclasses import dataclass, field
+
+TRAIN_DTYPES = ("auto", "fp32", "bf16")
+PARALLEL_BACKENDS = ("none", "fsdp2", "deepspeed")
+ZERO_STAGES = (1, 2, 3)
+TRACKING_BACKENDS = ("mlflow", "none")
+
+
+@dataclass
+class OptimConfig:
+    # AdamW with a linear warm-up, then cosine decay to lr * min_lr_ratio (RWKV-7 recipe values).
+    lr: float = 6e-4                   # peak learning rate
+    min_lr_ratio: float = 0.1          # final lr as a fraction of the peak
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-18                 # RWKV-LM's value: keeps Adam steps large for tiny grads
+    weight_decay: float = 0.1          # applied to 2-D `.weight` matrices only
+    w0_lr_mult: float = 2.0            # the decay bias w0 trains at this multiple of lr
+    warmup_steps: int = 100
+    grad_clip: float = 1.0             # global grad-norm clip; 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000                  # optimizer steps
+    global_batch_size: int = 32        # sequences per optimizer step, summed over ranks
+    micro_batch_size: int = 8          # sequences per rank per forward pass
+    seed: int = 1234                   # model init and dropout seed (data order: data.seed)
+    out_dir: str = "runs/default"      # checkpoints, logs and the tracking store live here
+    resume: str = "none"               # none | auto (latest in out_dir) | path to a checkpoint
+    eval_every: int = 200              # steps between validation passes; 0 disables
+    eval_batches: int = 8              # micro-batches per validation pass
+    log_every: int = 10                # steps between metric logs
+    max_bad_steps: int = 5             # consecutive non-finite losses skipped before aborting
+    dtype: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False              # torch.compile each block
+    activation_checkpointing: bool = False  # recompute each block in backward to save memory
+
+
+@dataclass
+class ParallelConfig:
+    backend: str = "none"              # none (single process or DDP) | fsdp2 | deepspeed
+    zero_stage: int = 3                # DeepSpeed ZeRO stage 1 | 2 | 3 (fsdp2 always shards fully)
+    tp: int = 1                        # tensor-parallel degree; must divide the state heads
+    dp: int = -1                       # data-parallel degree; -1 = world_size / tp
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500                   # steps between checkpoints; 0 = only at the end
+    keep_last: int = 3                 # newest checkpoints kept on disk; 0 keeps all
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = "mlflow"            # mlflow | none
+    uri: str = ""                      # tracking URI; "" = local sqlite under train.out_dir
+    experiment: str = "metastate"      # MLflow experiment name
+    run_name: str = ""                 # "" = the basename of train.out_dir
