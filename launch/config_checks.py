@@ -52,7 +52,7 @@ MINIMUMS: dict[str, float] = {
     "optim.grad_clip": 0,
     "train.steps": 1, "train.global_batch_size": 1, "train.micro_batch_size": 1,
     "train.eval_every": 0, "train.eval_batches": 1, "train.log_every": 1,
-    "train.max_bad_steps": 0,
+    "train.max_bad_steps": 0, "train.stop_after": 0,
     "parallel.tp": 1,
     "checkpoint.every": 0, "checkpoint.keep_last": 0,
     "launch.nodes": 1, "launch.gpus_per_node": 1, "launch.signal_grace_s": 0,

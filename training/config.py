@@ -28,7 +28,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000                  # optimizer steps
+    steps: int = 1000                  # optimizer steps (the lr schedule spans all of them)
+    stop_after: int = 0                # leave after this many steps in this job, with a checkpoint
+                                       # (fits a job time limit; resume=auto goes on); 0 = no limit
     global_batch_size: int = 32        # sequences per optimizer step, summed over ranks
     micro_batch_size: int = 8          # sequences per rank per forward pass
     seed: int = 1234                   # model init and dropout seed (data order: data.seed)

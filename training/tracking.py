@@ -146,7 +146,8 @@ class MlflowTracker:
                 batch = [payload]
                 if kind == "metrics":  # coalesce consecutive metric records into one call
                     for next_kind, next_payload in list(self._outbox)[1:]:
-                        if next_kind != "metrics" or sum(len(p[2]) for p in batch) >= _MAX_METRICS_PER_BATCH:
+                        full = sum(len(p[2]) for p in batch) >= _MAX_METRICS_PER_BATCH
+                        if next_kind != "metrics" or full:
                             break
                         batch.append(next_payload)
             try:

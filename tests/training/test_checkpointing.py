@@ -96,7 +96,8 @@ def test_full_disk_reports_and_keeps_last_good_checkpoint(tmp_path):
         (d / "model.pt").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(CheckpointError, match=r"No space left on device; free disk space.*step-00000001 is intact"):
+    expected = r"No space left on device; free disk space.*step-00000001 is intact"
+    with pytest.raises(CheckpointError, match=expected):
         manager.save(2, disk_full, {})
     assert not list(tmp_path.glob(".partial-*"))
     assert resolve_resume("auto", tmp_path).name == "step-00000001"

@@ -1,0 +1,100 @@
+"""End-to-end training runs: exact resume, reshard on resume, tracking, the non-finite guard."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from launch.run_config import load_run_config
+from training.checkpointing import find_latest, read_manifest
+from training.distributed import DistEnv
+from training.export import export_safetensors
+from training.monitors import MetricsLog
+from training.trainer import Trainer
+
+from .conftest import TINY, run_cli
+
+CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def train_in_process(out_dir, *overrides):
+    cfg = load_run_config("smoke", [*TINY, f"train.out_dir={out_dir}", *overrides])
+    trainer = Trainer(cfg, CPU)
+    trainer.run()
+    return trainer
+
+
+def losses(out_dir):
+    return {step: row["loss"] for step, row in MetricsLog.read(out_dir / "metrics.jsonl").items()}
+
+
+def test_single_process_resume_is_bitwise_exact(tmp_path):
+    full = train_in_process(tmp_path / "full", "train.steps=4")
+    train_in_process(tmp_path / "split", "train.steps=4", "train.stop_after=2")
+    assert find_latest(tmp_path / "split" / "checkpoints").name == "step-00000002"
+    resumed = train_in_process(tmp_path / "split", "train.steps=4", "train.resume=auto")
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert list(losses(tmp_path / "full")) == [1, 2, 3, 4]
+
+
+def test_loss_falls_and_checkpoint_exports_to_safetensors(tmp_path):
+    trainer = train_in_process(tmp_path / "run", "train.steps=12", "optim.lr=3e-3", "checkpoint.every=6")
+    history = losses(tmp_path / "run")
+    assert sum(history[s] for s in (10, 11, 12)) < sum(history[s] for s in (1, 2, 3)) - 0.5
+    proc = run_cli(["export", str(tmp_path / "run"), "--format", "safetensors"])
+    assert proc.returncode == 0, proc.stderr
+    weights = load_file(proc.stdout.strip())
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(weights[name], tensor), name
+    manifest = read_manifest(find_latest(tmp_path / "run" / "checkpoints"))
+    assert manifest["step"] == 12 and manifest["config"]["model"]["d_model"] == 64
+
+
+def test_non_finite_guard_stops_with_last_good_checkpoint(tmp_path):
+    out = tmp_path / "diverge"
+    proc = run_cli(["train", "smoke", *TINY, f"train.out_dir={out}", "train.steps=8", "optim.lr=1e6",
+                    "optim.grad_clip=0", "train.max_bad_steps=2", "checkpoint.every=1"])
+    assert proc.returncode == 3, proc.stderr
+    assert "non-finite steps in a row" in proc.stderr
+    rows = MetricsLog.read(out / "metrics.jsonl")
+    first_skip = min(step for step, row in rows.items() if row["skipped_steps"] == 1)
+    assert max(rows) == first_skip  # the second bad step in a row raises before it is logged
+    # the skipped step left the weights untouched, so its checkpoint is the last good state
+    latest = find_latest(out / "checkpoints")
+    assert latest.name == f"step-{first_skip:08d}"
+    weights = load_file(str(export_safetensors(latest)))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_config_errors_fail_before_any_process_starts(tmp_path):
+    # WORLD_SIZE as torchrun would set it; the check runs before init_process_group would block
+    proc = run_cli(["train", "smoke", *TINY, f"train.out_dir={tmp_path}"], env={"WORLD_SIZE": "3"})
+    assert proc.returncode == 2
+    assert "train.global_batch_size=4 is not a multiple of train.micro_batch_size=2 x 3" in proc.stderr
+    proc = run_cli(["train", "smoke", *TINY, "data.train_path=/nonexistent/*.jsonl.zst"])
+    assert proc.returncode == 2 and "/nonexistent" in proc.stderr
+    proc = run_cli(["train", "smoke", *TINY, f"train.resume={tmp_path / 'nothing'}"])
+    assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_fsdp2_two_ranks_resume_exact_and_reshards_to_one_rank(tmp_path, megatron_train_dir):
+    data = ["data.format=megatron", f"data.train_path={megatron_train_dir}"]
+    common = ["train", "smoke", *TINY, *data, "parallel.backend=fsdp2", "train.steps=4"]
+    full = run_cli([*common, f"train.out_dir={tmp_path / 'full'}"], nproc=2)
+    assert full.returncode == 0, full.stderr[-3000:]
+    split = run_cli([*common, f"train.out_dir={tmp_path / 'split'}", "train.stop_after=2"], nproc=2)
+    assert split.returncode == 0, split.stderr[-3000:]
+    resumed = run_cli([*common, f"train.out_dir={tmp_path / 'split'}", "train.resume=auto"], nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+
+    one_rank = tmp_path / "one-rank"
+    resume_from = tmp_path / "split" / "checkpoints" / "step-00000002"
+    single = run_cli(["train", "smoke", *TINY, *data, "train.steps=4", f"train.out_dir={one_rank}",
+                      f"train.resume={resume_from}"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    for step in (3, 4):
+        assert losses(one_rank)[step] == pytest.approx(losses(tmp_path / "full")[step], rel=1e-5, abs=1e-6)

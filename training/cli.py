@@ -1,0 +1,92 @@
+"""`metastate train` and `metastate export`."""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from data_pipeline.jsonl_reader import expand_paths
+from data_pipeline.stats import DataError
+from data_pipeline.token_corpus import find_token_shards
+from launch.run_config import load_run_config
+from training.checkpointing import CheckpointError, resolve_resume
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="train a model (run directly, or under torchrun for several processes)",
+        description="Train any model family on any data source. Several processes: "
+                    "torchrun --nproc-per-node N -m launch.cli train CONFIG ...",
+        epilog="example: metastate train demo train.steps=50")
+    train.add_argument("config", metavar="CONFIG", help="preset name (demo) or YAML path")
+    train.add_argument("overrides", metavar="key=value", nargs="*", help="dotted overrides")
+    train.set_defaults(func=train_command)
+
+    export = subparsers.add_parser(
+        "export", help="consolidate a checkpoint into one safetensors file",
+        epilog="example: metastate export runs/demo --format safetensors")
+    export.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="a step-NNNNNNNN directory, its checkpoints/ folder or a run directory")
+    export.add_argument("--format", choices=["safetensors"], default="safetensors")
+    export.add_argument("--output", default=None, help="output file (default: inside the checkpoint)")
+    export.set_defaults(func=export_command)
+
+
+def preflight(cfg, world_size: int) -> None:
+    """Every check that needs no process group, so a bad config fails before any rank starts."""
+    from training.trainer import gradient_accumulation_steps
+
+    gradient_accumulation_steps(cfg.train, world_size)
+    if cfg.data.format == "jsonl":
+        expand_paths(cfg.data.train_path, what="data.train_path")
+    else:
+        find_token_shards(cfg.data.train_path, cfg.data.format)
+    if cfg.train.eval_every > 0:
+        expand_paths(cfg.data.val_path, what="data.val_path")
+    resolve_resume(cfg.train.resume, Path(cfg.train.out_dir) / "checkpoints")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Example: `metastate train demo train.steps=50 model.n_layer=4`."""
+    cfg = load_run_config(args.config, args.overrides)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        preflight(cfg, world_size)
+    except (ValueError, DataError, CheckpointError) as err:
+        print(f"train: {err}", file=sys.stderr)
+        return 2
+    from training.distributed import init_distributed, shutdown_distributed
+    from training.stability import TrainingDiverged
+    from training.trainer import Trainer
+
+    env = init_distributed()
+    logging.basicConfig(level=logging.INFO if env.is_rank0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    try:
+        trainer = Trainer(cfg, env, config_name=Path(args.config).stem)
+        result = trainer.run()
+    except TrainingDiverged as err:
+        print(f"train: {err}", file=sys.stderr)
+        return 3
+    finally:
+        shutdown_distributed()
+    if env.is_rank0:
+        if result.get("val_loss") is not None:
+            print(f"final validation loss: {result['val_loss']:.4f} at step {result['step']}")
+        print(f"checkpoints: {Path(cfg.train.out_dir) / 'checkpoints'}")
+        print(f"metrics: {trainer.how_to_view()}")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Example: `metastate export runs/demo --format safetensors`."""
+    from training.export import export_safetensors
+
+    try:
+        path = export_safetensors(args.checkpoint, args.output)
+    except CheckpointError as err:
+        print(f"export: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

@@ -1,0 +1,61 @@
+"""What a checkpoint holds and how it is written and read, for FSDP2/DDP/single-process runs.
+
+Model and optimizer go through torch.distributed.checkpoint (DCP): sharded on save, resharded on
+load, so a 2-rank FSDP2 checkpoint resumes on 1 rank and the reverse. Everything else (step,
+scheduler, non-finite counters, data stream position, RNG of every rank) is small and goes into
+one `rank{r}.pt` per rank, read with `torch.load(weights_only=True)`: no arbitrary pickle.
+DeepSpeed runs use DeepSpeed's own format instead (training/deepspeed_engine.py).
+"""
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from training.distributed import DistEnv
+
+_SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
+
+
+def rng_state(device: torch.device) -> dict:
+    """Torch's generators: the only randomness the stack draws from (the data order is a pure
+    function of its seed and position)."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_train_state(directory: Path, model, optimizer, extras: dict, env: DistEnv) -> None:
+    """Write model + optimizer (DCP, all ranks) and this rank's extras into `directory`."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory / "dcp"))
+    torch.save({**extras, "rng": rng_state(env.device)}, directory / f"rank{env.rank}.pt")
+
+
+def load_train_state(directory: Path, model, optimizer, env: DistEnv) -> dict:
+    """Load model + optimizer (resharding to this world size) and return this rank's extras.
+
+    A rank that did not exist in the saved run (the world grew) takes rank 0's extras.
+    """
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)
+        dcp.load(state, checkpoint_id=str(directory / "dcp"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    own = directory / f"rank{env.rank}.pt"
+    extras = torch.load(own if own.exists() else directory / "rank0.pt", weights_only=True)
+    if own.exists():
+        set_rng_state(extras["rng"], env.device)
+    return extras

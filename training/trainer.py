@@ -1,0 +1,209 @@
+"""The training loop. Side concerns (checkpoints, tracking, throughput, progress, the non-finite
+guard) are objects built in `Trainer.__init__`; `train_step` and `run` are the whole loop."""
+
+import contextlib
+import json
+import logging
+import math
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from data_pipeline.train_stream import build_train_stream
+from model import build_model, model_size, parameter_groups
+from training.checkpointing import CheckpointManager, read_manifest, resolve_resume
+from training.distributed import DistEnv
+from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
+from training.parallelize import parallelize
+from training.schedule import build_lr_scheduler
+from training.stability import NonFiniteGuard, TrainingDiverged
+from training.tracking import MlflowTracker, default_tracking_uri, flatten
+from training.train_state import load_train_state, save_train_state
+from training.validation import ValidationWindows
+
+log = logging.getLogger("metastate.train")
+
+
+def gradient_accumulation_steps(train_cfg, dp_size: int) -> int:
+    """global_batch_size = micro_batch_size x dp ranks x accumulation steps, exactly."""
+    per_pass = train_cfg.micro_batch_size * dp_size
+    if train_cfg.global_batch_size % per_pass:
+        raise ValueError(
+            f"train.global_batch_size={train_cfg.global_batch_size} is not a multiple of "
+            f"train.micro_batch_size={train_cfg.micro_batch_size} x {dp_size} data-parallel ranks; "
+            f"pick a global batch that is a multiple of {per_pass}")
+    return train_cfg.global_batch_size // per_pass
+
+
+def compute_dtype(train_cfg, device: torch.device) -> torch.dtype:
+    if train_cfg.dtype == "bf16" or (train_cfg.dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+class Trainer:
+    """Owns one training run. Components get their own config section; only this class sees the
+    whole tree (to save it in checkpoints and log it as parameters).
+
+    Example:
+        >>> Trainer(load_run_config("demo", ["train.steps=50"]), init_distributed()).run()
+    """
+
+    def __init__(self, cfg, env: DistEnv, config_name: str = ""):
+        self.cfg, self.env, self.config_name = cfg, env, config_name
+        tc = cfg.train
+        self.out_dir = Path(tc.out_dir)
+        self.accum = gradient_accumulation_steps(tc, env.world_size)
+        self.dtype = compute_dtype(tc, env.device)
+        torch.manual_seed(tc.seed)  # identical init on every rank (FSDP2 shards a full model)
+        self.model = build_model(cfg.model, cfg.ops, device=env.device)
+        self.net = parallelize(self.model, cfg.parallel, tc, env, param_dtype=self.dtype)
+        oc = cfg.optim
+        groups = parameter_groups(self.model, oc.weight_decay, oc.w0_lr_mult)
+        for group in groups:
+            group["lr"] = oc.lr * group["lr_scale"]
+        self.optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps)
+        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio)
+        self.stream = build_train_stream(cfg.data, env.rank, env.world_size, tc.micro_batch_size)
+        self.validation = (ValidationWindows(cfg.data, tc.micro_batch_size, tc.eval_batches, env)
+                           if tc.eval_every > 0 else None)
+        self.guard = NonFiniteGuard(tc.max_bad_steps)
+        self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", cfg.checkpoint.keep_last,
+                                             env.is_rank0, env.barrier)
+        self.tracker = MlflowTracker(cfg.tracking, self.out_dir, enabled=env.is_rank0)
+        self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=env.is_rank0)
+        size = model_size(cfg.model, cfg.data.seq_len)
+        self.throughput = ThroughputMeter(size.train_flops, env.world_size, peak_flops(env.device))
+        self.step = 0
+        self.tokens_seen = 0
+        self.last_val_loss: float | None = None
+        self._resume(resolve_resume(tc.resume, self.out_dir / "checkpoints"))
+
+    # ------------------------------------------------------------------ resume / save
+
+    def _resume(self, path: Path | None) -> None:
+        run_id = None
+        if path is not None:
+            extras = load_train_state(path, self.model, self.optimizer, self.env)
+            self.scheduler.load_state_dict(extras["scheduler"])
+            self.guard.load_state_dict(extras["guard"])
+            self.stream.load_state_dict(extras["data"])
+            self.step, self.tokens_seen = int(extras["step"]), int(extras["tokens_seen"])
+            run_id = read_manifest(path).get("mlflow_run_id")
+            log.info("resumed from %s at step %d", path, self.step)
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        if self.env.is_rank0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
+        tags = {"family": self.cfg.model.family, "world_size": self.env.world_size,
+                "parallel": self.cfg.parallel.backend, "git_commit": git_commit(),
+                "preset": self.config_name or "custom"}
+        self.tracker.start(params=flatten(config), tags=tags, run_id=run_id)
+        self.tracker.log_artifact(self.out_dir / "config.yaml")
+
+    def save_checkpoint(self) -> Path:
+        data_state = self.stream.state_dict()  # a collective for raw jsonl streams: every rank calls it
+        extras = {"step": self.step, "tokens_seen": self.tokens_seen, "data": data_state,
+                  "scheduler": self.scheduler.state_dict(), "guard": self.guard.state_dict()}
+        self.tracker.flush()  # so the run exists and its id goes into the manifest when possible
+        manifest = {"config": OmegaConf.to_container(self.cfg, resolve=True), "tokens_seen": self.tokens_seen,
+                    "mlflow_run_id": self.tracker.run_id, "world_size": self.env.world_size,
+                    "format": "dcp", "val_loss": self.last_val_loss}
+        path = self.checkpoints.save(
+            self.step, lambda d: save_train_state(d, self.model, self.optimizer, extras, self.env), manifest)
+        if self.env.is_rank0:
+            copy = self.out_dir / "manifests" / f"{path.name}.json"
+            copy.parent.mkdir(exist_ok=True)
+            copy.write_text(json.dumps(read_manifest(path), indent=2, default=str))
+            self.tracker.log_artifact(copy, "checkpoints")
+        return path
+
+    # ------------------------------------------------------------------ the loop
+
+    def autocast(self):
+        if self.dtype == torch.bfloat16:
+            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, batches) -> dict[str, float]:
+        """One optimizer step over `accum` micro-batches; returns the step's metrics."""
+        loss_sum = torch.zeros((), device=self.env.device)
+        for micro, batch in enumerate(batches):
+            tokens = batch["tokens"].to(self.env.device, non_blocking=True)
+            sync = micro == self.accum - 1
+            if hasattr(self.net, "set_requires_gradient_sync"):  # FSDP2: reduce once per step
+                self.net.set_requires_gradient_sync(sync)
+            ddp_accumulating = hasattr(self.net, "no_sync") and not sync
+            no_sync = self.net.no_sync() if ddp_accumulating else contextlib.nullcontext()
+            with no_sync, self.autocast():
+                logits, _ = self.net(tokens[:, :-1])
+                loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+            (loss / self.accum).backward()
+            loss_sum += loss.detach()
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        loss_value = self.env.all_reduce_sum(loss_sum / self.accum).item() / self.env.world_size
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.guard.step_is_finite(loss_value, grad_norm.item(), self.step + 1):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
+                "skipped_steps": float(self.guard.skipped_total)}
+
+    def run(self) -> dict[str, float]:
+        tc, ckpt = self.cfg.train, self.cfg.checkpoint
+        progress = ProgressReporter(tc.steps, self.step, tc.log_every, self.env.is_rank0)
+        batches = iter(self.stream)
+        tokens_per_step = tc.global_batch_size * self.cfg.data.seq_len
+        metrics: dict[str, float] = {}
+        status = "FAILED"
+        last_step = tc.steps if tc.stop_after <= 0 else min(tc.steps, self.step + tc.stop_after)
+        try:
+            while self.step < last_step:
+                metrics = self.train_step([next(batches) for _ in range(self.accum)])
+                self.step += 1
+                self.tokens_seen += tokens_per_step
+                self.throughput.add(tokens_per_step)
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    metrics.update(self.throughput.report())
+                if self.validation is not None and (self.step % tc.eval_every == 0 or self.step == tc.steps):
+                    self.last_val_loss = self.validation.loss(self.net, self.autocast)
+                    metrics["val_loss"] = self.last_val_loss
+                    progress.message(f"step {self.step}: val_loss={self.last_val_loss:.4f}")
+                self.tracker.log_metrics(self.step, metrics)
+                self.metrics_log.write(self.step, metrics)
+                progress.update(self.step, metrics)
+                if (ckpt.every > 0 and self.step % ckpt.every == 0) or self.step == last_step:
+                    path = self.save_checkpoint()
+                    progress.message(f"step {self.step}: checkpoint {path}")
+            status = "FINISHED"
+        except TrainingDiverged as err:
+            progress.message(f"stopped: {err}")
+            raise
+        finally:
+            progress.close()
+            self.tracker.finish(status)
+        return {**metrics, "step": self.step, "val_loss": self.last_val_loss}
+
+    def how_to_view(self) -> str:
+        uri = self.cfg.tracking.uri or default_tracking_uri(self.out_dir)
+        if self.cfg.tracking.backend != "mlflow":
+            return "tracking disabled (tracking.backend=none)"
+        if uri.startswith("sqlite:"):
+            return f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000"
+        return f"open {uri}"

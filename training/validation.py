@@ -1,0 +1,44 @@
+"""The periodic validation loss: fixed windows of the held-out split, identical every time."""
+
+import torch
+import torch.nn.functional as F
+
+from data_pipeline.val_stream import build_val_stream
+from training.distributed import DistEnv
+
+
+class ValidationWindows:
+    """`batches` micro-batches of `seq_len + 1` tokens per rank, cut from the validation
+    documents in file order; every rank runs the same number of forward passes (FSDP2 needs
+    that) and the loss is averaged over all ranks' tokens."""
+
+    def __init__(self, data_cfg, micro_batch_size: int, batches: int, env: DistEnv):
+        self.env = env
+        window = data_cfg.seq_len + 1
+        per_rank = micro_batch_size * batches
+        needed = per_rank * env.world_size * window
+        docs = [doc["tokens"] for doc in build_val_stream(data_cfg, "val", max_tokens=needed)]
+        tokens = torch.cat(docs) if docs else torch.empty(0, dtype=torch.long)
+        usable = len(tokens) // window
+        if usable < env.world_size * micro_batch_size:
+            raise ValueError(f"data.val_path={data_cfg.val_path} holds {len(tokens)} tokens, fewer than one "
+                             f"micro-batch of {micro_batch_size} x {window} per rank; use a larger split")
+        per_rank = min(per_rank, usable // env.world_size) // micro_batch_size * micro_batch_size
+        windows = tokens[: usable * window].view(usable, window)
+        mine = windows[env.rank * per_rank:(env.rank + 1) * per_rank]
+        self.batches = list(mine.split(micro_batch_size))
+
+    @torch.no_grad()
+    def loss(self, model, autocast) -> float:
+        was_training = model.training
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64)
+        for batch in self.batches:
+            batch = batch.to(self.env.device)
+            with autocast():
+                logits, _ = model(batch[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+            total += torch.tensor([loss.item(), batch[:, 1:].numel()], dtype=torch.float64)
+        model.train(was_training)
+        loss_sum, count = self.env.all_reduce_sum(total).tolist()
+        return loss_sum / count
