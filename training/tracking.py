@@ -155,8 +155,9 @@ class MlflowTracker:
             except Exception as err:  # noqa: BLE001 - any failure: keep the records, retry later
                 if self._unreachable_since is None:
                     self._unreachable_since = time.monotonic()
-                    log.warning("MLflow at %s is unreachable (%s); training continues and %d records are "
-                                "kept to replay when it answers", self.uri, type(err).__name__, len(self._outbox))
+                    log.warning("MLflow at %s is unreachable (%s); training continues and %d records "
+                                "are kept to replay when it answers", self.uri, type(err).__name__,
+                                len(self._outbox))
                 return
             with self._outbox_lock:
                 for _ in batch:

@@ -1,0 +1,92 @@
+"""The Meta-State layer (DESIGN.md section 2): it replaces the FFN of an RWKV-7 block.
+
+    x'_t = x_t + (x_{t-1} - x_t) * mu_m               (x = ln2 output; token shift)
+    u_t  = W_in x'_t  (only when C_s != C)
+    z_t  = ReLU(S_t u_t)                              (Self-State Encoder; S_t = this layer's
+                                                       post-update WKV state, or a learned N x N
+                                                       per head when sse = learned)
+    M_t  = M_{t-1} (diag(d_t) - kk_t (a_t kk_t)^T) + z_t z_t^T     (the TimeMix's transition)
+    o_t  = W_oms LN_head(M_t z_t)                     (W_oms = 0 at init)
+
+The SSE query u_t depends on the TimeMix output of the same token (through the residual and
+ln2), so the read-out runs after the TimeMix scan as a second pass over the same transition.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import ModelConfig, state_width
+from model.init import layer_ratios, orthogonal_, token_shift_mix
+from model.time_mix import LN_X_EPS, Transition, token_shift
+from ops import OpsConfig, meta_state_scan, wkv7
+
+Z_NORM_EPS = 1e-12
+
+
+class MetaStateLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int, ops_cfg: OpsConfig):
+        super().__init__()
+        self.layer_id, self.n_layer = layer_id, cfg.n_layer
+        self.ops_cfg = ops_cfg
+        self.sse, self.z_norm = cfg.sse, cfg.z_norm
+        C, C_s, N = cfg.d_model, state_width(cfg), cfg.head_size
+        self.head_size, self.n_head = N, C_s // N
+        self.x_m = nn.Parameter(torch.empty(C))
+        self.input = nn.Linear(C, C_s, bias=False) if C_s != C else None
+        if cfg.sse == "learned":
+            self.sse_weight = nn.Parameter(torch.empty(self.n_head, N, N))
+        if cfg.out_norm == "head":
+            self.ln_out = nn.GroupNorm(self.n_head, C_s, eps=LN_X_EPS)
+        else:
+            self.ln_out = nn.LayerNorm(C_s, eps=LN_X_EPS)
+        self.output = nn.Linear(C_s, C, bias=False)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """mu_m as ChannelMix's mu_k; W_in and the learned SSE orthogonal (gain 1); LN_head
+        weight 1, bias 0; W_oms zero, so a new layer starts as the identity on the residual."""
+        _, ratio_1_to_almost0 = layer_ratios(self.layer_id, self.n_layer)
+        self.x_m.copy_(token_shift_mix(self.x_m.numel(), ratio_1_to_almost0 ** 4))
+        if self.input is not None:
+            orthogonal_(self.input.weight, 1.0)
+        if self.sse == "learned":
+            for head in self.sse_weight:
+                orthogonal_(head, 1.0)
+        self.ln_out.weight.fill_(1.0)
+        self.ln_out.bias.zero_()
+        self.output.weight.zero_()
+
+    def _normalise(self, z: torch.Tensor) -> torch.Tensor:
+        # Keeps each injection z z^T of bounded size so that M stays bounded for any input.
+        if self.z_norm == "l2":
+            return F.normalize(z, dim=-1, eps=Z_NORM_EPS)
+        if self.z_norm == "rms":
+            return z * torch.rsqrt(z.pow(2).mean(dim=-1, keepdim=True) + Z_NORM_EPS)
+        return z
+
+    def forward(self, x, transition: Transition, shift_state=None, meta_state=None):
+        """x: [B, T, C] (ln2-normalised); transition: the same layer's TimeMix transition.
+
+        Returns (out [B, T, C], new shift state [B, C], new meta-state [B, H, N, N])."""
+        B, T, _ = x.shape
+        H, N = self.n_head, self.head_size
+        xm = x + (token_shift(x, shift_state) - x) * self.x_m
+        u = (self.input(xm) if self.input is not None else xm).reshape(B, T, H, N)
+        w, k, v, a, b, wkv_state = transition
+        u = u.to(w.dtype)
+        if self.sse == "state":
+            z, _ = wkv7(u, w, k, v, a, b, initial_state=wkv_state,
+                        backend=self.ops_cfg.backend, chunk_size=self.ops_cfg.chunk_size)
+        else:
+            z = torch.einsum("bthj,hij->bthi", u, self.sse_weight.to(u.dtype))
+        z = self._normalise(torch.relu(z))
+        o, new_meta_state = meta_state_scan(z, w, a, b, initial_state=meta_state,
+                                            output_final_state=True,
+                                            backend=self.ops_cfg.backend,
+                                            chunk_size=self.ops_cfg.chunk_size)
+        if isinstance(self.ln_out, nn.GroupNorm):
+            o = self.ln_out(o.reshape(B * T, H * N)).view(B, T, H * N)
+        else:
+            o = self.ln_out(o.reshape(B, T, H * N))
+        return self.output(o.to(x.dtype)), x[:, -1], new_meta_state

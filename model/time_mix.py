@@ -1,0 +1,146 @@
+"""RWKV-7 TimeMix, as RWKV-LM's `RWKV-v7/train_temp` computes and initialises it (DESIGN.md 1).
+
+The state width C_s = H_s * N may differ from the residual width C: r/k/v map C -> C_s, the
+output maps C_s -> C, and every per-state-channel vector (w0, a0, v0, k_k, k_a, r_k, ln_x) has
+C_s entries. The token-shift mixes act on the input and have C entries.
+"""
+
+from functools import reduce
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import ModelConfig, lora_rank, state_width
+from model.init import (
+    decay_bias,
+    layer_ratios,
+    linear_and_zigzag,
+    lora_out_init_,
+    orthogonal_,
+    token_shift_mix,
+)
+from ops import OpsConfig, wkv7
+
+DECAY_SCALE = 0.6065306597        # e^{-1/2}: log-decay = -e^{-1/2} sigmoid(.), decay in (0.545, 1)
+LN_X_EPS = 64e-5                  # RWKV-LM's GroupNorm eps for the WKV read-out (not 1e-5)
+MIX_NAMES = ("r", "w", "k", "v", "a", "g")
+MIX_POWERS = {"r": 0.2, "w": 0.9, "k": 0.7, "v": 0.7, "a": 0.9, "g": 0.2}
+
+
+class Transition(NamedTuple):
+    """One layer's WKV-7 transition and injections, `[B, T, H, N]`, as the scans take them.
+
+    The Meta-State layer reuses w, a, b (and k, v for the SSE read-out of the same states).
+    """
+    w: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    initial_state: torch.Tensor | None
+
+
+def token_shift(x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """x_{t-1} for every t: the carried last token (or zeros) at t = 0. x is [B, T, C]."""
+    first = x.new_zeros(x.shape[0], 1, x.shape[2]) if previous is None else previous[:, None]
+    return torch.cat([first.to(x.dtype), x[:, :-1]], dim=1)
+
+
+def common_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The promoted dtype of the scan inputs (under autocast, projections and biases differ)."""
+    return reduce(torch.promote_types, (t.dtype for t in tensors))
+
+
+class TimeMix(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int, ops_cfg: OpsConfig):
+        super().__init__()
+        self.layer_id, self.n_layer = layer_id, cfg.n_layer
+        self.ops_cfg = ops_cfg
+        C, C_s, N = cfg.d_model, state_width(cfg), cfg.head_size
+        self.head_size, self.n_head = N, C_s // N
+        for name in MIX_NAMES:
+            self.register_parameter(f"x_{name}", nn.Parameter(torch.empty(C)))
+        d_w, d_a, d_v, d_g = (lora_rank(cfg, n) for n in ("decay", "a", "value", "gate"))
+        self.w0, self.w1, self.w2 = (nn.Parameter(torch.empty(*s)) for s in
+                                     ((C_s,), (C, d_w), (d_w, C_s)))
+        self.a0, self.a1, self.a2 = (nn.Parameter(torch.empty(*s)) for s in
+                                     ((C_s,), (C, d_a), (d_a, C_s)))
+        if layer_id > 0:   # layer 0's v is v_first itself: no value-residual gate there
+            self.v0, self.v1, self.v2 = (nn.Parameter(torch.empty(*s)) for s in
+                                         ((C_s,), (C, d_v), (d_v, C_s)))
+        self.g1 = nn.Parameter(torch.empty(C, d_g))
+        self.g2 = nn.Parameter(torch.empty(d_g, C_s))
+        self.k_k = nn.Parameter(torch.empty(C_s))
+        self.k_a = nn.Parameter(torch.empty(C_s))
+        self.r_k = nn.Parameter(torch.empty(self.n_head, N))
+        self.receptance = nn.Linear(C, C_s, bias=False)
+        self.key = nn.Linear(C, C_s, bias=False)
+        self.value = nn.Linear(C, C_s, bias=False)
+        self.output = nn.Linear(C_s, C, bias=False)
+        self.ln_x = nn.GroupNorm(self.n_head, C_s, eps=LN_X_EPS)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """RWKV-LM's init: shift mixes 1 - (i/C)^(p (1 - l/L)), w0/a0/v0/k_k/k_a/r_k curves,
+        zero first LoRA matrices, 0.1-scaled orthogonal second ones, orthogonal r/v (gain 1) and
+        k (gain 0.1), zero output, ln_x weight ((l+1)/L)^0.7."""
+        C = self.x_r.numel()
+        C_s, N, L, lid = self.k_k.numel(), self.head_size, self.n_layer, self.layer_id
+        _, ratio_1_to_almost0 = layer_ratios(lid, L)
+        for name in MIX_NAMES:
+            power = MIX_POWERS[name] * ratio_1_to_almost0
+            getattr(self, f"x_{name}").copy_(token_shift_mix(C, power))
+        linear, zigzag = linear_and_zigzag(C_s, N)
+        self.w0.copy_(decay_bias(C_s, N, lid, L))
+        self.a0.copy_((-0.19 + zigzag * 0.3 + linear * 0.4).float())
+        self.k_k.copy_((0.71 - linear * 0.1).float())
+        self.k_a.fill_(1.02)
+        self.r_k.fill_(-0.04)
+        lora_pairs = [(self.w1, self.w2), (self.a1, self.a2), (self.g1, self.g2)]
+        if lid > 0:
+            self.v0.copy_((0.73 - linear * 0.4).float())
+            lora_pairs.append((self.v1, self.v2))
+        for first, second in lora_pairs:
+            first.zero_()
+            lora_out_init_(second, 0.1)
+        orthogonal_(self.receptance.weight, 1.0)
+        orthogonal_(self.key.weight, 0.1)
+        orthogonal_(self.value.weight, 1.0)
+        self.output.weight.zero_()
+        self.ln_x.weight.fill_(((lid + 1) / L) ** 0.7)
+        self.ln_x.bias.zero_()
+
+    def forward(self, x, v_first, shift_state=None, wkv_state=None):
+        """x: [B, T, C] (already ln1-normalised). Returns (out [B, T, C], v_first [B, T, C_s],
+        new shift state [B, C], new WKV state [B, H, N, N], the Transition used)."""
+        B, T, _ = x.shape
+        H, N = self.n_head, self.head_size
+        xx = token_shift(x, shift_state) - x
+        xr, xw, xk, xv, xa, xg = (x + xx * getattr(self, f"x_{n}") for n in MIX_NAMES)
+
+        r = self.receptance(xr)
+        w = -DECAY_SCALE * torch.sigmoid(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)
+        k = self.key(xk)
+        v = self.value(xv)
+        if self.layer_id == 0:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
+        g = torch.sigmoid(xg @ self.g1) @ self.g2
+
+        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0)
+        k = k * (1 + (a - 1) * self.k_a)
+        dtype = common_dtype(r, w, k, v, a, kk)
+        r, w, k, v, a = (t.reshape(B, T, H, N).to(dtype) for t in (r, w, k, v, a))
+        kk = kk.to(dtype)
+        transition = Transition(w, k, v, -kk, kk * a, wkv_state)
+        y, new_wkv_state = wkv7(r, *transition[:5], initial_state=wkv_state,
+                                output_final_state=True, backend=self.ops_cfg.backend,
+                                chunk_size=self.ops_cfg.chunk_size)
+        y = self.ln_x(y.reshape(B * T, H * N)).view(B, T, H, N)
+        bonus = (r * k * self.r_k).sum(dim=-1, keepdim=True) * v
+        out = self.output(((y + bonus).reshape(B, T, H * N) * g).to(x.dtype))
+        return out, v_first, x[:, -1], new_wkv_state, transition
