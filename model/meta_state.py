@@ -9,7 +9,9 @@
     o_t  = W_oms LN_head(M_t z_t)                     (W_oms = 0 at init)
 
 The SSE query u_t depends on the TimeMix output of the same token (through the residual and
-ln2), so the read-out runs after the TimeMix scan as a second pass over the same transition.
+ln2), so it is read after the TimeMix scan from that scan's kept states (`Wkv7Scan.read`: no
+second scan on the chunked backend), and the meta-state scan reuses the TimeMix's prepared
+transition.
 """
 
 import torch
@@ -18,8 +20,8 @@ from torch import nn
 
 from model.config import ModelConfig, state_width
 from model.init import layer_ratios, orthogonal_, token_shift_mix
-from model.time_mix import LN_X_EPS, Transition, token_shift
-from ops import OpsConfig, meta_state_scan, wkv7
+from model.time_mix import LN_X_EPS, token_shift
+from ops import OpsConfig, Wkv7Scan, meta_state_scan
 
 Z_NORM_EPS = 1e-12
 
@@ -65,26 +67,22 @@ class MetaStateLayer(nn.Module):
             return z * torch.rsqrt(z.pow(2).mean(dim=-1, keepdim=True) + Z_NORM_EPS)
         return z
 
-    def forward(self, x, transition: Transition, shift_state=None, meta_state=None):
-        """x: [B, T, C] (ln2-normalised); transition: the same layer's TimeMix transition.
+    def forward(self, x, timemix: Wkv7Scan, shift_state=None, meta_state=None):
+        """x: [B, T, C] (ln2-normalised); timemix: the same layer's finished TimeMix scan.
 
         Returns (out [B, T, C], new shift state [B, C], new meta-state [B, H, N, N])."""
         B, T, _ = x.shape
         H, N = self.n_head, self.head_size
         xm = x + (token_shift(x, shift_state) - x) * self.x_m
         u = (self.input(xm) if self.input is not None else xm).reshape(B, T, H, N)
-        w, k, v, a, b, wkv_state = transition
-        u = u.to(w.dtype)
+        u = u.to(timemix.transition.w.dtype)
         if self.sse == "state":
-            z, _ = wkv7(u, w, k, v, a, b, initial_state=wkv_state,
-                        backend=self.ops_cfg.backend, chunk_size=self.ops_cfg.chunk_size)
+            z = timemix.read(u)
         else:
             z = torch.einsum("bthj,hij->bthi", u, self.sse_weight.to(u.dtype))
         z = self._normalise(torch.relu(z))
-        o, new_meta_state = meta_state_scan(z, w, a, b, initial_state=meta_state,
-                                            output_final_state=True,
-                                            backend=self.ops_cfg.backend,
-                                            chunk_size=self.ops_cfg.chunk_size)
+        o, new_meta_state = meta_state_scan(z, None, None, None, initial_state=meta_state,
+                                            output_final_state=True, transition=timemix.transition)
         if isinstance(self.ln_out, nn.GroupNorm):
             o = self.ln_out(o.reshape(B * T, H * N)).view(B, T, H * N)
         else:

@@ -45,14 +45,14 @@ class RWKVBlock(nn.Module):
         state = state or {}
         if self.layer_id == 0:
             x = self.ln0(x)
-        att_out, v_first, att_shift, wkv, transition = self.att(
+        att_out, v_first, att_shift, wkv, timemix_scan = self.att(
             self.ln1(x), v_first, state.get("att_shift"), state.get("wkv"))
         x = x + att_out
         if hasattr(self, "ffn"):
             ffn_out, ffn_shift = self.ffn(self.ln2(x), state.get("ffn_shift"))
             new_state = {"att_shift": att_shift, "wkv": wkv, "ffn_shift": ffn_shift}
         else:
-            ffn_out, ffn_shift, meta = self.meta(self.ln2(x), transition,
+            ffn_out, ffn_shift, meta = self.meta(self.ln2(x), timemix_scan,
                                                  state.get("ffn_shift"), state.get("meta"))
             new_state = {"att_shift": att_shift, "wkv": wkv, "ffn_shift": ffn_shift,
                          "meta": meta}

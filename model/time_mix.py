@@ -6,7 +6,6 @@ C_s entries. The token-shift mixes act on the input and have C entries.
 """
 
 from functools import reduce
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,25 +20,12 @@ from model.init import (
     orthogonal_,
     token_shift_mix,
 )
-from ops import OpsConfig, wkv7
+from ops import OpsConfig, Wkv7Transition
 
 DECAY_SCALE = 0.6065306597        # e^{-1/2}: log-decay = -e^{-1/2} sigmoid(.), decay in (0.545, 1)
 LN_X_EPS = 64e-5                  # RWKV-LM's GroupNorm eps for the WKV read-out (not 1e-5)
 MIX_NAMES = ("r", "w", "k", "v", "a", "g")
 MIX_POWERS = {"r": 0.2, "w": 0.9, "k": 0.7, "v": 0.7, "a": 0.9, "g": 0.2}
-
-
-class Transition(NamedTuple):
-    """One layer's WKV-7 transition and injections, `[B, T, H, N]`, as the scans take them.
-
-    The Meta-State layer reuses w, a, b (and k, v for the SSE read-out of the same states).
-    """
-    w: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    a: torch.Tensor
-    b: torch.Tensor
-    initial_state: torch.Tensor | None
 
 
 def token_shift(x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
@@ -114,7 +100,8 @@ class TimeMix(nn.Module):
 
     def forward(self, x, v_first, shift_state=None, wkv_state=None):
         """x: [B, T, C] (already ln1-normalised). Returns (out [B, T, C], v_first [B, T, C_s],
-        new shift state [B, C], new WKV state [B, H, N, N], the Transition used)."""
+        new shift state [B, C], new WKV state [B, H, N, N], the finished Wkv7Scan, whose
+        transition and states the Meta-State layer reuses)."""
         B, T, _ = x.shape
         H, N = self.n_head, self.head_size
         xx = token_shift(x, shift_state) - x
@@ -136,11 +123,10 @@ class TimeMix(nn.Module):
         dtype = common_dtype(r, w, k, v, a, kk)
         r, w, k, v, a = (t.reshape(B, T, H, N).to(dtype) for t in (r, w, k, v, a))
         kk = kk.to(dtype)
-        transition = Transition(w, k, v, -kk, kk * a, wkv_state)
-        y, new_wkv_state = wkv7(r, *transition[:5], initial_state=wkv_state,
-                                output_final_state=True, backend=self.ops_cfg.backend,
-                                chunk_size=self.ops_cfg.chunk_size)
+        transition = Wkv7Transition(w, -kk, kk * a, self.ops_cfg.backend, self.ops_cfg.chunk_size)
+        scan = transition.scan(r, k, v, initial_state=wkv_state, output_final_state=True)
+        y, new_wkv_state = scan.output, scan.final_state
         y = self.ln_x(y.reshape(B * T, H * N)).view(B, T, H, N)
         bonus = (r * k * self.r_k).sum(dim=-1, keepdim=True) * v
         out = self.output(((y + bonus).reshape(B, T, H * N) * g).to(x.dtype))
-        return out, v_first, x[:, -1], new_wkv_state, transition
+        return out, v_first, x[:, -1], new_wkv_state, scan

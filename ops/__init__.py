@@ -1,6 +1,7 @@
 """Recurrences of the Meta-State stack: WKV-7, its Self-State-Encoder read-out, the meta-state."""
 
 from ops.config import BACKENDS, OpsConfig
-from ops.dispatch import meta_state_scan, resolve_backend, wkv7, wkv7_sse
+from ops.dispatch import Wkv7Scan, Wkv7Transition, meta_state_scan, resolve_backend, wkv7, wkv7_sse
 
-__all__ = ["OpsConfig", "BACKENDS", "wkv7", "wkv7_sse", "meta_state_scan", "resolve_backend"]
+__all__ = ["OpsConfig", "BACKENDS", "Wkv7Transition", "Wkv7Scan", "wkv7", "wkv7_sse",
+           "meta_state_scan", "resolve_backend"]

@@ -1,10 +1,19 @@
-"""The public recurrences of the stack, each dispatching to a backend by name and device."""
+"""The public recurrences of the stack, each dispatching to a backend by name and device.
+
+A Meta-State layer runs three recurrences over one transition (w, a, b): the TimeMix scan (query
+r), the Self-State Encoder's read-out of the same states (query u, known only after the TimeMix
+output is added to the residual) and the meta-state scan (k = v = q = z). `Wkv7Transition`
+prepares the transition once and `Wkv7Scan.read` reads a finished scan's states with a new query;
+on the chunked backend neither re-runs a scan. `wkv7`, `wkv7_sse` and `meta_state_scan` are
+one-call forms of the same objects.
+"""
 
 import torch
 
 from ops.config import BACKENDS
-from ops.wkv7 import fla_available, wkv7_chunked, wkv7_fla, wkv7_naive
+from ops.wkv7 import fla_available, wkv7_fla, wkv7_naive
 from ops.wkv7.checks import check_wkv7_inputs
+from ops.wkv7.chunk import ChunkedTransition
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -16,15 +25,55 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "fla" if device.type == "cuda" and fla_available() else "chunked"
 
 
-def _run(queries: dict, w, k, v, a, b, initial_state, output_final_state, backend, chunk_size):
-    check_wkv7_inputs(queries, w, k, v, a, b, initial_state)
-    qs = tuple(queries.values())
-    name = resolve_backend(backend, k.device)
-    if name == "reference":
-        return wkv7_naive(qs, w, k, v, a, b, initial_state, output_final_state)
-    if name == "chunked":
-        return wkv7_chunked(qs, w, k, v, a, b, initial_state, output_final_state, chunk_size)
-    return wkv7_fla(qs, w, k, v, a, b, initial_state, output_final_state)
+class Wkv7Transition:
+    """One sequence's transition diag(exp(w_t)) + a_t b_t^T per head, for any number of scans.
+
+    Example:
+        >>> transition = Wkv7Transition(w, -kk, kk * a)
+        >>> timemix = transition.scan(r, k, v, initial_state=s0, output_final_state=True)
+        >>> z = timemix.read(u)                         # S_t u_t, no second scan (chunked)
+        >>> meta = transition.scan(z, z, z)             # reuses the transition's preparation
+    """
+
+    def __init__(self, w, a, b, backend: str = "auto", chunk_size: int = 32):
+        check_wkv7_inputs({"w": w, "a": a, "b": b}, None)
+        self.w, self.a, self.b = w, a, b
+        self.backend = resolve_backend(backend, w.device)
+        self.chunk_size = chunk_size
+        self.chunked = ChunkedTransition(w, a, b, chunk_size) if self.backend == "chunked" else None
+
+    def scan(self, r, k, v, initial_state=None, output_final_state: bool = False) -> "Wkv7Scan":
+        """S_t = S_{t-1}(diag(exp(w_t)) + a_t b_t^T) + v_t k_t^T, read by r; see Wkv7Scan."""
+        check_wkv7_inputs({"k": k, "r": r, "v": v, "w": self.w}, initial_state)
+        return Wkv7Scan(self, r, k, v, initial_state, output_final_state)
+
+
+class Wkv7Scan:
+    """A finished scan: `output` (y_t = S_t r_t), `final_state` (or None), and `read(q)`."""
+
+    def __init__(self, transition: Wkv7Transition, r, k, v, initial_state, output_final_state):
+        self.transition = transition
+        self.k, self.v, self.initial_state = k, v, initial_state
+        if transition.chunked is not None:
+            self._chunked = transition.chunked.scan(k, v, initial_state)
+            self.output = self._chunked.read(r)
+            final = self._chunked.final_state
+        else:
+            (self.output,), final = self._full_scan(r, output_final_state)
+        self.final_state = final if output_final_state else None
+
+    def read(self, q: torch.Tensor) -> torch.Tensor:
+        """S_t q_t for every token, from this scan's states (a second kernel call on fla)."""
+        check_wkv7_inputs({"k": self.k, "q": q}, None)
+        if self.transition.chunked is not None:
+            return self._chunked.read(q)
+        (y,), _ = self._full_scan(q, False)
+        return y
+
+    def _full_scan(self, q, output_final_state):
+        tr = self.transition
+        run = wkv7_naive if tr.backend == "reference" else wkv7_fla
+        return run((q,), tr.w, self.k, self.v, tr.a, tr.b, self.initial_state, output_final_state)
 
 
 def wkv7(r, w, k, v, a, b, initial_state=None, output_final_state=False, backend="auto",
@@ -37,35 +86,36 @@ def wkv7(r, w, k, v, a, b, initial_state=None, output_final_state=False, backend
     Example:
         >>> y, state = wkv7(r, w, k, v, -kk, kk * a, output_final_state=True)
     """
-    (y,), state = _run({"r": r}, w, k, v, a, b, initial_state, output_final_state, backend,
-                       chunk_size)
-    return y, state
+    check_wkv7_inputs({"k": k, "r": r, "v": v, "w": w, "a": a, "b": b}, initial_state)
+    scan = Wkv7Transition(w, a, b, backend, chunk_size).scan(r, k, v, initial_state, output_final_state)
+    return scan.output, scan.final_state
 
 
 def wkv7_sse(r, u, w, k, v, a, b, initial_state=None, output_final_state=False, backend="auto",
              chunk_size=32):
-    """WKV-7 read by two queries: y_t = S_t r_t and the Self-State Encoder's z_t = S_t u_t.
+    """WKV-7 read by two queries known up front: y_t = S_t r_t and z_t = S_t u_t.
 
-    The chunked backend reads u from the chunk-start states of the same pass (no second scan).
-    Returns (y, z, final_state or None).
+    Returns (y, z, final_state or None). When u depends on y, use `Wkv7Transition.scan(...).read(u)`.
 
     Example:
         >>> y, z, _ = wkv7_sse(r, u, w, k, v, -kk, kk * a)
     """
-    (y, z), state = _run({"r": r, "u": u}, w, k, v, a, b, initial_state, output_final_state,
-                         backend, chunk_size)
-    return y, z, state
+    check_wkv7_inputs({"k": k, "r": r, "u": u, "v": v, "w": w, "a": a, "b": b}, initial_state)
+    scan = Wkv7Transition(w, a, b, backend, chunk_size).scan(r, k, v, initial_state, output_final_state)
+    return scan.output, scan.read(u), scan.final_state
 
 
 def meta_state_scan(z, w, a, b, initial_state=None, output_final_state=False, backend="auto",
-                    chunk_size=32):
+                    chunk_size=32, transition: Wkv7Transition | None = None):
     """Meta-state recurrence M_t = M_{t-1}(diag(exp(w_t)) + a_t b_t^T) + z_t z_t^T, read as M_t z_t.
 
-    It shares the TimeMix's transition (w, a, b); key, value and query are all z.
+    It shares the TimeMix's transition: pass the layer's `transition` to reuse its preparation
+    (w, a, b, backend and chunk_size are then taken from it).
 
     Example:
         >>> o, _ = meta_state_scan(z, w, -kk, kk * a)
     """
-    (o,), state = _run({"z": z}, w, z, z, a, b, initial_state, output_final_state, backend,
-                       chunk_size)
-    return o, state
+    if transition is None:
+        transition = Wkv7Transition(w, a, b, backend, chunk_size)
+    scan = transition.scan(z, z, z, initial_state, output_final_state)
+    return scan.output, scan.final_state

@@ -4,18 +4,21 @@ Within a chunk of L tokens starting from state S_0, write c_t = sum_{j<=t} w_j (
 log-decay, per key channel) and u_t = S_{t-1} a_t. Unrolling the recurrence gives
 
     S_t = S_0 diag(e^{c_t}) + sum_{s<=t} (u_s b_s^T + v_s k_s^T) diag(e^{c_t - c_s})
-    u_t = S_0 (a_t e^{c_{t-1}}) + sum_{s<t} [u_s (a_t e^{c_{t-1}-c_s} . b_s)
-                                             + v_s (a_t e^{c_{t-1}-c_s} . k_s)]
+    u_t = S_0 (a_t e^{c_{t-1}}) + sum_{s<t} [u_s (a_t e^{c_{t-1}} . b_s e^{-c_s})
+                                             + v_s (a_t e^{c_{t-1}} . k_s e^{-c_s})]
 
 so the u's of a chunk solve one unit-lower-triangular L x L system (the WY form), and the chunk
-maps its start state affinely to its end state: S_L = S_0 A + C. All chunks are prepared in
-parallel; only S <- S A + C runs sequentially, one small matmul per chunk. Every query (the
-TimeMix receptance r and the Self-State Encoder's u) is then read from the same chunk-start
-states: a second query costs two L x L score matrices, not a second scan.
+maps its start state affinely to its end state: S_L = S_0 A + C. The transition part (A and the
+solve against S_0) depends only on (w, a, b): `ChunkedTransition` prepares it once, and every scan
+over it (the TimeMix scan and the meta-state scan of a Meta-State layer share w, a and b) adds
+only its keys and values. Only S <- S A + C runs sequentially, one small matmul per chunk. Any
+query is then read from the chunk-start states kept by `ChunkedScan`: reading the Self-State
+Encoder's u costs three matmuls per chunk, not a second scan.
 
-Pairwise decays e^{c_t - c_s} are factored as e^{c_t - m} e^{m - c_s} around the chunk's middle
-m, so each factor stays within e^{|w| L / 2}: at L = 32 that is < e^{10} for RWKV-7's decays
-(|w| <= 0.61), far from fp32 overflow. Arbitrary log-decays need |w| L / 2 < 80.
+The decay factors are taken relative to the chunk start, e^{c_t} <= 1 and e^{-c_s} >= 1, so every
+output depends on its own and earlier tokens only (bitwise causal). e^{-c_s} stays below
+e^{|w| L}: at L = 32 that is < e^{20} for RWKV-7 decays (|w| <= 0.61), far from fp32 overflow;
+arbitrary log-decays need |w| * L < 80.
 """
 
 import torch
@@ -38,6 +41,78 @@ def _from_chunks(x: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
     return x.permute(0, 2, 3, 1, 4).reshape(B, n_chunks * L, H, N)[:, :T].to(dtype)
 
 
+class ChunkedTransition:
+    """The per-chunk preparation of one transition (w, a, b), shared by every scan over it.
+
+    Padding steps have w = a = b = 0 (and k = v = 0 in the scans), so they leave the state
+    unchanged and a final state is that of the last real token.
+    """
+
+    def __init__(self, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, chunk_size: int = 32):
+        if not 1 <= chunk_size <= 256:
+            raise ValueError(f"wkv7: chunk_size={chunk_size} is out of range; use 16-64")
+        self.shape, self.out_dtype = w.shape, w.dtype
+        self.dtype = torch.promote_types(w.dtype, torch.float32)
+        self.chunk_size = L = chunk_size
+        w, a, b = (_to_chunks(x, L, self.dtype) for x in (w, a, b))
+        c = w.cumsum(-2)                          # inclusive cumulative log-decay
+        self.decay_in = torch.exp(c)              # e^{c_t}: from the chunk start to token t
+        self.decay_out = torch.exp(-c)            # e^{-c_s}
+        self.decay_to_end = torch.exp(c[..., -1:, :] - c)
+        device = w.device
+        self.strictly_lower = torch.ones(L, L, dtype=torch.bool, device=device).tril(-1)
+        self.lower = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        self.zero = w.new_zeros(())
+        self.a_in = a * torch.exp(c - w)          # a_t e^{c_{t-1}}
+        self.b_out = b * self.decay_out
+        a_b = torch.where(self.strictly_lower, self.a_in @ self.b_out.transpose(-1, -2), self.zero)
+        self.wy = torch.eye(L, dtype=self.dtype, device=device) - a_b
+        self.u_from_state = self.solve(self.a_in)  # u = u_from_state @ S_0^T + u_from_values
+        self.b_end = b * self.decay_to_end
+        self.transition = (torch.diag_embed(torch.exp(c[..., -1, :]))
+                           + self.u_from_state.transpose(-1, -2) @ self.b_end)
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve_triangular(self.wy, rhs, upper=False, unitriangular=True)
+
+    def scan(self, k: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None = None
+             ) -> "ChunkedScan":
+        return ChunkedScan(self, k, v, initial_state)
+
+
+class ChunkedScan:
+    """The states of one scan, kept at chunk starts, read by any number of queries."""
+
+    def __init__(self, tr: ChunkedTransition, k, v, initial_state):
+        self.tr = tr
+        B, T, H, N = k.shape
+        k, v = (_to_chunks(x, tr.chunk_size, tr.dtype) for x in (k, v))
+        self.v = v
+        self.k_out = k * tr.decay_out
+        a_k = torch.where(tr.strictly_lower, tr.a_in @ self.k_out.transpose(-1, -2), tr.zero)
+        u_from_values = tr.solve(a_k @ v)
+        injection = u_from_values.transpose(-1, -2) @ tr.b_end + v.transpose(-1, -2) @ (k * tr.decay_to_end)
+        state = k.new_zeros(B, H, N, N) if initial_state is None else initial_state.to(tr.dtype)
+        chunk_starts = []
+        # unbind, not indexing: indexing's backward would write a full-size zero gradient per chunk.
+        for chunk_transition, chunk_injection in zip(tr.transition.unbind(2), injection.unbind(2)):
+            chunk_starts.append(state)
+            state = torch.baddbmm(chunk_injection.flatten(0, 1), state.flatten(0, 1),
+                                  chunk_transition.flatten(0, 1)).view(B, H, N, N)
+        self.final_state = state
+        self.start_states_t = torch.stack(chunk_starts, dim=2).transpose(-1, -2)  # S_0^T per chunk
+        self.u = tr.u_from_state @ self.start_states_t + u_from_values
+
+    def read(self, q: torch.Tensor) -> torch.Tensor:
+        """y_t = S_t q_t for every token of this scan; q is [B, T, H, N]."""
+        tr = self.tr
+        q_in = _to_chunks(q, tr.chunk_size, tr.dtype) * tr.decay_in
+        y = (q_in @ self.start_states_t
+             + torch.where(tr.lower, q_in @ tr.b_out.transpose(-1, -2), tr.zero) @ self.u
+             + torch.where(tr.lower, q_in @ self.k_out.transpose(-1, -2), tr.zero) @ self.v)
+        return _from_chunks(y, tr.shape[1], tr.out_dtype)
+
+
 def wkv7_chunked(
     queries: tuple[torch.Tensor, ...],
     w: torch.Tensor,
@@ -49,65 +124,7 @@ def wkv7_chunked(
     output_final_state: bool = False,
     chunk_size: int = 32,
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
-    """Chunked WKV-7 with fp32 (or float64 for float64 inputs) accumulation; exact autograd.
-
-    Padding steps have w = a = b = k = v = 0, so they leave the state unchanged and the final
-    state is that of the last real token.
-    """
-    if not 1 <= chunk_size <= 256:
-        raise ValueError(f"wkv7: chunk_size={chunk_size} is out of range; use 16-64")
-    B, T, H, N = k.shape
-    out_dtype = k.dtype
-    dtype = torch.promote_types(out_dtype, torch.float32)
-    L = chunk_size
-    w, k, v, a, b = (_to_chunks(x, L, dtype) for x in (w, k, v, a, b))
-    qs = [_to_chunks(q, L, dtype) for q in queries]
-
-    c = w.cumsum(-2)                          # inclusive cumulative log-decay
-    c_excl = c - w                            # exclusive: decay applied before token t
-    c_end = c[..., -1:, :]
-    mid = c[..., L // 2 - 1 : L // 2, :] if L > 1 else c_end
-    a_mid = a * torch.exp(c_excl - mid)
-    b_mid = b * torch.exp(mid - c)
-    k_mid = k * torch.exp(mid - c)
-
-    strictly_lower = torch.ones(L, L, dtype=torch.bool, device=k.device).tril(-1)
-    lower = torch.ones(L, L, dtype=torch.bool, device=k.device).tril()
-    zero = k.new_zeros(())
-    a_b = torch.where(strictly_lower, a_mid @ b_mid.transpose(-1, -2), zero)
-    a_k = torch.where(strictly_lower, a_mid @ k_mid.transpose(-1, -2), zero)
-    # u = (I - a_b)^{-1} (A_0 S_0^T + a_k V): solve once for both right-hand sides.
-    eye = torch.eye(L, dtype=dtype, device=k.device)
-    rhs = torch.cat([a * torch.exp(c_excl), a_k @ v], dim=-1)
-    solved = torch.linalg.solve_triangular(eye - a_b, rhs, upper=False, unitriangular=True)
-    u_from_state, u_from_values = solved[..., :N], solved[..., N:]
-
-    # Chunk transition S_end = S_0 @ transition + injection.
-    to_end = torch.exp(c_end - c)
-    b_end, k_end = b * to_end, k * to_end
-    transition = torch.diag_embed(torch.exp(c_end.squeeze(-2))) + u_from_state.transpose(-1, -2) @ b_end
-    injection = u_from_values.transpose(-1, -2) @ b_end + v.transpose(-1, -2) @ k_end
-
-    if initial_state is None:
-        state = k.new_zeros(B, H, N, N)
-    else:
-        state = initial_state.to(dtype)
-    chunk_starts = []
-    # unbind, not indexing: indexing's backward would write a full-size zero gradient per chunk.
-    for chunk_transition, chunk_injection in zip(transition.unbind(2), injection.unbind(2)):
-        chunk_starts.append(state)
-        state = torch.baddbmm(chunk_injection.flatten(0, 1), state.flatten(0, 1),
-                              chunk_transition.flatten(0, 1)).view(B, H, N, N)
-    start_states_t = torch.stack(chunk_starts, dim=2).transpose(-1, -2)   # S_0^T per chunk
-
-    u = u_from_state @ start_states_t + u_from_values
-    outputs = []
-    for q in qs:
-        q_mid = q * torch.exp(c - mid)
-        y = (
-            (q * torch.exp(c)) @ start_states_t
-            + torch.where(lower, q_mid @ b_mid.transpose(-1, -2), zero) @ u
-            + torch.where(lower, q_mid @ k_mid.transpose(-1, -2), zero) @ v
-        )
-        outputs.append(_from_chunks(y, T, out_dtype))
-    return tuple(outputs), (state if output_final_state else None)
+    """Chunked WKV-7 read by every query, with fp32 (float64 for float64 inputs) accumulation."""
+    scan = ChunkedTransition(w, a, b, chunk_size).scan(k, v, initial_state)
+    outputs = tuple(scan.read(q) for q in queries)
+    return outputs, (scan.final_state if output_final_state else None)

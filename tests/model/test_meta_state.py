@@ -34,7 +34,9 @@ def explicit_meta_state(time_mix, meta, x, v_first):
     """DESIGN.md section 2 written token by token, independent of ops/."""
     B, T, C = x.shape
     H, N = meta.n_head, meta.head_size
-    _, _, _, _, (w, k, v, a, b, _) = time_mix(x, v_first)
+    _, _, _, _, scan = time_mix(x, v_first)
+    w, a, b = scan.transition.w, scan.transition.a, scan.transition.b
+    k, v = scan.k, scan.v
     xm = x + (F.pad(x, (0, 0, 1, -1)) - x) * meta.x_m
     u = (meta.input(xm) if meta.input is not None else xm).view(B, T, H, N)
     S = x.new_zeros(B, H, N, N)
@@ -92,11 +94,10 @@ def test_gradcheck_in_float64_on_the_reference_backend():
         tm = {n.split(".", 1)[1]: v for n, v in named.items() if n.startswith("att.")}
         ms = {"x_m": named["meta.x_m"], "ln_out.weight": named["meta.ln"]}
         detached = tuple(t.detach() for t in args)
-        _, _, _, _, transition = torch.func.functional_call(time_mix, tm, (detached[0],
-                                                                          detached[1]))
-        transition = transition._replace(initial_state=detached[2])
+        _, _, _, _, scan = torch.func.functional_call(time_mix, tm, (detached[0], detached[1],
+                                                                    None, detached[2]))
         out, _, new_meta = torch.func.functional_call(
-            meta, ms, (detached[0], transition, None, detached[3]))
+            meta, ms, (detached[0], scan, None, detached[3]))
         return out, new_meta
 
     values = tuple(p.detach().clone().requires_grad_(True) for p in chosen.values())
@@ -147,7 +148,7 @@ def test_sse_modes_differ_and_learned_ignores_the_wkv_state():
     assert not hasattr(meta_state_sse, "sse_weight") and meta_learned.sse_weight.shape == (4, 16, 16)
     x, v_first = inputs(cfg, T=6)
     _, _, _, _, transition = time_mix(x, v_first)
-    shifted = transition._replace(initial_state=torch.randn(2, 4, 16, 16, dtype=torch.float64))
+    _, _, _, _, shifted = time_mix(x, v_first, None, torch.randn(2, 4, 16, 16, dtype=torch.float64))
     # learned SSE reads no WKV state, so the carried WKV state cannot reach its output
     assert torch.equal(meta_learned(x, transition)[0], meta_learned(x, shifted)[0])
     assert not torch.allclose(meta_state_sse(x, transition)[0], meta_state_sse(x, shifted)[0])
