@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/python benchmarks/ops_bench.py --lengths 256 1024 --repeats 2
+	$(BIN)/metastate train demo train.out_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(BIN)/python -m pytest

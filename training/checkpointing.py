@@ -86,6 +86,11 @@ def resolve_resume(resume: str, root: Path) -> Path | None:
         >>> resolve_resume("auto", Path("runs/demo/checkpoints"))   # None when nothing saved yet
     """
     if resume in ("", "none"):
+        existing = list_complete(Path(root))
+        if existing:  # a fresh run would prune the older run's newer-numbered checkpoints away
+            raise CheckpointError(
+                f"{root} already holds checkpoints up to {existing[-1].name} from an earlier run; "
+                "pass train.resume=auto to continue it, or a new train.out_dir for a fresh run")
         return None
     if resume == "auto":
         return find_latest(root)

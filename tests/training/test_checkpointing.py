@@ -116,3 +116,5 @@ def test_resolve_resume_modes(tmp_path):
     CheckpointManager(run_dir / "checkpoints").save(7, save_tensor(7), {})
     assert resolve_resume(str(run_dir), tmp_path).name == "step-00000007"
     assert resolve_resume(str(run_dir / "checkpoints"), tmp_path).name == "step-00000007"
+    with pytest.raises(CheckpointError, match="already holds checkpoints up to step-00000007.*resume=auto"):
+        resolve_resume("none", run_dir / "checkpoints")
