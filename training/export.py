@@ -1,14 +1,13 @@
 """Consolidate a (sharded) checkpoint into one safetensors file for evals, expansion and sharing."""
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
 from model import build_model
+from training import safe_dcp
 from training.checkpointing import CheckpointError, read_manifest, resolve_resume
 
 
@@ -29,9 +28,7 @@ def export_safetensors(checkpoint: str | Path, output: str | Path | None = None)
     config = manifest["config"]
     model = build_model(config["model"], device=torch.device("meta"))
     state = {"model": {name: torch.empty_like(t, device="cpu") for name, t in model.state_dict().items()}}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(path / "dcp"))
+    safe_dcp.load(state, path / "dcp")
     output = Path(output) if output else path / "model.safetensors"
     metadata = {"step": str(manifest["step"]), "model_config": json.dumps(config["model"]),
                 "source": str(path.resolve())}

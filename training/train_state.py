@@ -1,22 +1,20 @@
 """What a checkpoint holds and how it is written and read, for FSDP2/DDP/single-process runs.
 
-Model and optimizer go through torch.distributed.checkpoint (DCP): sharded on save, resharded on
-load, so a 2-rank FSDP2 checkpoint resumes on 1 rank and the reverse. Everything else (step,
+Model and optimizer go through torch.distributed.checkpoint (DCP; loaded without arbitrary
+unpickling, see safe_dcp.py): sharded on save, resharded on load, so a 2-rank FSDP2 checkpoint
+resumes on 1 rank and the reverse. Everything else (step,
 scheduler, non-finite counters, data stream position, RNG of every rank) is small and goes into
 one `rank{r}.pt` per rank, read with `torch.load(weights_only=True)`: no arbitrary pickle.
 DeepSpeed runs use DeepSpeed's own format instead (training/deepspeed_engine.py).
 """
 
-import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from training import safe_dcp
 from training.distributed import DistEnv
-
-_SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
 
 
 def rng_state(device: torch.device) -> dict:
@@ -37,9 +35,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 def save_train_state(directory: Path, model, optimizer, extras: dict, env: DistEnv) -> None:
     """Write model + optimizer (DCP, all ranks) and this rank's extras into `directory`."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory / "dcp"))
+    safe_dcp.save({"model": model_sd, "optim": optim_sd}, directory / "dcp")
     torch.save({**extras, "rng": rng_state(env.device)}, directory / f"rank{env.rank}.pt")
 
 
@@ -50,9 +46,7 @@ def load_train_state(directory: Path, model, optimizer, env: DistEnv) -> dict:
     """
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)
-        dcp.load(state, checkpoint_id=str(directory / "dcp"))
+    safe_dcp.load(state, directory / "dcp")
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     own = directory / f"rank{env.rank}.pt"
     extras = torch.load(own if own.exists() else directory / "rank0.pt", weights_only=True)

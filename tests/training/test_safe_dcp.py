@@ -1,0 +1,38 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from training import safe_dcp
+
+
+def test_round_trip_with_optimizer_values(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW([{"params": model.parameters(), "name": "decay", "lr_scale": 2.0}], lr=1e-3)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optim": opt.state_dict(), "step": 7, "note": "text"}
+    safe_dcp.save(state, tmp_path / "ckpt")
+    target = {"model": {k: torch.zeros_like(v) for k, v in model.state_dict().items()}, "step": 0, "note": ""}
+    safe_dcp.load(target, tmp_path / "ckpt")
+    assert all(torch.equal(target["model"][k], v) for k, v in model.state_dict().items())
+    assert target["step"] == 7 and target["note"] == "text"
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_tampered_metadata_is_refused_without_running_code(tmp_path):
+    safe_dcp.save({"w": torch.ones(2)}, tmp_path / "ckpt")
+    marker = tmp_path / "pwned"
+    (tmp_path / "ckpt" / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    refusal = "refers to posix.system, which DCP never writes"
+    with pytest.raises(safe_dcp.UnsafeCheckpointError, match=refusal):
+        safe_dcp.load({"w": torch.zeros(2)}, tmp_path / "ckpt")
+    assert not marker.exists()
