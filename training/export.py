@@ -22,17 +22,33 @@ def export_safetensors(checkpoint: str | Path, output: str | Path | None = None)
     if path is None:
         raise CheckpointError(f"{checkpoint}: no complete checkpoint found")
     manifest = read_manifest(path)
-    if manifest.get("format") != "dcp":
-        raise CheckpointError(f"{path}: format {manifest.get('format')!r} cannot be exported here; "
-                              "only FSDP2/DDP/single-process (dcp) checkpoints are supported")
     config = manifest["config"]
     model = build_model(config["model"], device=torch.device("meta"))
-    state = {"model": {name: torch.empty_like(t, device="cpu") for name, t in model.state_dict().items()}}
-    safe_dcp.load(state, path / "dcp")
+    if manifest.get("format") == "dcp":
+        state = {"model": {name: torch.empty_like(t, device="cpu") for name, t in model.state_dict().items()}}
+        safe_dcp.load(state, path / "dcp")
+        weights = state["model"]
+    elif manifest.get("format") == "deepspeed":
+        weights = _consolidate_zero(path)
+    else:
+        raise CheckpointError(f"{path}: unknown checkpoint format {manifest.get('format')!r}")
+    missing = sorted(set(model.state_dict()) - set(weights))
+    if missing:
+        raise CheckpointError(f"{path}: the checkpoint lacks {missing[:3]} of its own model config")
     output = Path(output) if output else path / "model.safetensors"
     metadata = {"step": str(manifest["step"]), "model_config": json.dumps(config["model"]),
                 "source": str(path.resolve())}
     tmp = output.with_name(output.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state["model"].items()}, str(tmp), metadata=metadata)
+    save_file({k: weights[k].contiguous() for k in model.state_dict()}, str(tmp), metadata=metadata)
     tmp.replace(output)
     return output
+
+
+def _consolidate_zero(path: Path) -> dict[str, torch.Tensor]:
+    """Gather a ZeRO 1/2/3 checkpoint's partitions into full fp32 weights (DeepSpeed's own tool;
+    note that DeepSpeed's checkpoint files are pickles, read with DeepSpeed's loader)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from training.deepspeed_engine import TAG
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(path / "deepspeed"), tag=TAG)

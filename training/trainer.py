@@ -4,7 +4,6 @@ guard) are objects built in `Trainer.__init__`; `train_step` and `run` are the w
 import contextlib
 import json
 import logging
-import math
 import subprocess
 from pathlib import Path
 
@@ -13,15 +12,13 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from data_pipeline.train_stream import build_train_stream
-from model import build_model, model_size, parameter_groups
+from model import build_model, model_size
 from training.checkpointing import CheckpointManager, read_manifest, resolve_resume
 from training.distributed import DistEnv
+from training.engines import build_engine
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
-from training.parallelize import parallelize
-from training.schedule import build_lr_scheduler
 from training.stability import NonFiniteGuard, TrainingDiverged
 from training.tracking import MlflowTracker, default_tracking_uri, flatten
-from training.train_state import load_train_state, save_train_state
 from training.validation import ValidationWindows
 
 log = logging.getLogger("metastate.train")
@@ -67,15 +64,9 @@ class Trainer:
         self.out_dir = Path(tc.out_dir)
         self.accum = gradient_accumulation_steps(tc, env.world_size)
         self.dtype = compute_dtype(tc, env.device)
-        torch.manual_seed(tc.seed)  # identical init on every rank (FSDP2 shards a full model)
+        torch.manual_seed(tc.seed)  # identical init on every rank (FSDP2/ZeRO shard a full model)
         self.model = build_model(cfg.model, cfg.ops, device=env.device)
-        self.net = parallelize(self.model, cfg.parallel, tc, env, param_dtype=self.dtype)
-        oc = cfg.optim
-        groups = parameter_groups(self.model, oc.weight_decay, oc.w0_lr_mult)
-        for group in groups:
-            group["lr"] = oc.lr * group["lr_scale"]
-        self.optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps)
-        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio)
+        self.engine = build_engine(self.model, cfg, env, self.accum, self.dtype)
         self.stream = build_train_stream(cfg.data, env.rank, env.world_size, tc.micro_batch_size)
         self.validation = (ValidationWindows(cfg.data, tc.micro_batch_size, tc.eval_batches, env)
                            if tc.eval_every > 0 else None)
@@ -96,8 +87,7 @@ class Trainer:
     def _resume(self, path: Path | None) -> None:
         run_id = None
         if path is not None:
-            extras = load_train_state(path, self.model, self.optimizer, self.env)
-            self.scheduler.load_state_dict(extras["scheduler"])
+            extras = self.engine.load(path)
             self.guard.load_state_dict(extras["guard"])
             self.stream.load_state_dict(extras["data"])
             self.step, self.tokens_seen = int(extras["step"]), int(extras["tokens_seen"])
@@ -116,13 +106,12 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         data_state = self.stream.state_dict()  # a collective for raw jsonl streams: every rank calls it
         extras = {"step": self.step, "tokens_seen": self.tokens_seen, "data": data_state,
-                  "scheduler": self.scheduler.state_dict(), "guard": self.guard.state_dict()}
+                  "guard": self.guard.state_dict()}
         self.tracker.flush()  # so the run exists and its id goes into the manifest when possible
         manifest = {"config": OmegaConf.to_container(self.cfg, resolve=True), "tokens_seen": self.tokens_seen,
                     "mlflow_run_id": self.tracker.run_id, "world_size": self.env.world_size,
-                    "format": "dcp", "val_loss": self.last_val_loss}
-        path = self.checkpoints.save(
-            self.step, lambda d: save_train_state(d, self.model, self.optimizer, extras, self.env), manifest)
+                    "format": self.engine.checkpoint_format, "val_loss": self.last_val_loss}
+        path = self.checkpoints.save(self.step, lambda d: self.engine.save(d, extras), manifest)
         if self.env.is_rank0:
             copy = self.out_dir / "manifests" / f"{path.name}.json"
             copy.parent.mkdir(exist_ok=True)
@@ -133,7 +122,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def autocast(self):
-        if self.dtype == torch.bfloat16:
+        # DeepSpeed's bf16 mode keeps bf16 weights itself; autocast is for FSDP2/DDP/single runs
+        if self.dtype == torch.bfloat16 and self.cfg.parallel.backend != "deepspeed":
             return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -142,27 +132,15 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.env.device)
         for micro, batch in enumerate(batches):
             tokens = batch["tokens"].to(self.env.device, non_blocking=True)
-            sync = micro == self.accum - 1
-            if hasattr(self.net, "set_requires_gradient_sync"):  # FSDP2: reduce once per step
-                self.net.set_requires_gradient_sync(sync)
-            ddp_accumulating = hasattr(self.net, "no_sync") and not sync
-            no_sync = self.net.no_sync() if ddp_accumulating else contextlib.nullcontext()
-            with no_sync, self.autocast():
-                logits, _ = self.net(tokens[:, :-1])
+            with self.engine.accumulating(micro == self.accum - 1), self.autocast():
+                logits, _ = self.engine.net(tokens[:, :-1])
                 loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
-            (loss / self.accum).backward()
+            self.engine.backward(loss)
             loss_sum += loss.detach()
-        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
         loss_value = self.env.all_reduce_sum(loss_sum / self.accum).item() / self.env.world_size
-        lr = self.optimizer.param_groups[0]["lr"]
-        if self.guard.step_is_finite(loss_value, grad_norm.item(), self.step + 1):
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
+        lr = self.engine.lr
+        grad_norm = self.engine.step(loss_value, self.guard, self.step + 1)
+        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 "skipped_steps": float(self.guard.skipped_total)}
 
     def run(self) -> dict[str, float]:
@@ -182,7 +160,7 @@ class Trainer:
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
                     metrics.update(self.throughput.report())
                 if self.validation is not None and (self.step % tc.eval_every == 0 or self.step == tc.steps):
-                    self.last_val_loss = self.validation.loss(self.net, self.autocast)
+                    self.last_val_loss = self.validation.loss(self.engine.net, self.autocast)
                     metrics["val_loss"] = self.last_val_loss
                     progress.message(f"step {self.step}: val_loss={self.last_val_loss:.4f}")
                 self.tracker.log_metrics(self.step, metrics)

@@ -98,3 +98,27 @@ def test_fsdp2_two_ranks_resume_exact_and_reshards_to_one_rank(tmp_path, megatro
     assert single.returncode == 0, single.stderr[-3000:]
     for step in (3, 4):
         assert losses(one_rank)[step] == pytest.approx(losses(tmp_path / "full")[step], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_mlflow_server_receives_the_run_and_a_resumed_run_continues_it(tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+
+    mlflow_server.start()
+    tracking = ["tracking.backend=mlflow", f"tracking.uri={mlflow_server.uri}", "tracking.experiment=trainer",
+                "train.steps=4"]
+    first = train_in_process(tmp_path / "run", *tracking, "train.stop_after=2")
+    second = train_in_process(tmp_path / "run", *tracking, "train.resume=auto")
+    assert first.tracker.run_id == second.tracker.run_id
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(first.tracker.run_id)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert history == sorted(losses(tmp_path / "run").items())  # each step once, no duplicates
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.lr"] == "0.002" and run.data.params["train.steps"] == "4"
+    assert run.data.tags["family"] == "metastate" and run.data.tags["world_size"] == "1"
+    assert run.data.tags["preset"] == "custom" and run.data.tags["metastate.resumed"] == "true"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts and "checkpoints" in artifacts
+    manifests = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert manifests == {"checkpoints/step-00000002.json", "checkpoints/step-00000004.json"}

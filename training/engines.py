@@ -1,0 +1,82 @@
+"""How one optimizer step is executed: `TorchEngine` (single process, DDP, FSDP2) or, for
+DeepSpeed ZeRO, `DeepSpeedEngine` (training/deepspeed_engine.py). The trainer's loop is the same
+for both: forward under `accumulating(...)`, `backward(loss)`, then `step(...)` once per step."""
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+
+from model import parameter_groups
+from training.distributed import DistEnv
+from training.parallelize import parallelize
+from training.schedule import build_lr_scheduler
+from training.stability import NonFiniteGuard
+from training.train_state import load_train_state, save_train_state
+
+
+def build_optimizer(model: torch.nn.Module, optim_cfg) -> torch.optim.AdamW:
+    """AdamW over the official RWKV parameter groups (decay on 2-D weights, w0 at 2x lr)."""
+    groups = parameter_groups(model, optim_cfg.weight_decay, optim_cfg.w0_lr_mult)
+    for group in groups:
+        group["lr"] = optim_cfg.lr * group["lr_scale"]
+    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+
+
+class TorchEngine:
+    """Plain PyTorch optimizer step over a model parallelized by training/parallelize.py."""
+
+    checkpoint_format = "dcp"
+
+    def __init__(self, model, cfg, env: DistEnv, accum: int, param_dtype: torch.dtype):
+        self.model, self.env, self.accum = model, env, accum
+        self.net = parallelize(model, cfg.parallel, cfg.train, env, param_dtype=param_dtype)
+        self.optimizer = build_optimizer(model, cfg.optim)
+        oc = cfg.optim
+        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, cfg.train.steps, oc.min_lr_ratio)
+        self.grad_clip = oc.grad_clip if oc.grad_clip > 0 else math.inf
+
+    def accumulating(self, last_micro_batch: bool):
+        """Reduce gradients across ranks only on the step's last micro-batch."""
+        if hasattr(self.net, "set_requires_gradient_sync"):  # FSDP2
+            self.net.set_requires_gradient_sync(last_micro_batch)
+        if hasattr(self.net, "no_sync") and not last_micro_batch:  # DDP
+            return self.net.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.accum).backward()
+
+    def step(self, loss: float, guard: NonFiniteGuard, step: int) -> float:
+        """Clip, apply the update unless loss or grad-norm is non-finite, advance the lr."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = grad_norm.item()
+        if guard.step_is_finite(loss, grad_norm, step):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return grad_norm
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save(self, directory: Path, extras: dict) -> None:
+        save_train_state(directory, self.model, self.optimizer,
+                         {**extras, "scheduler": self.scheduler.state_dict()}, self.env)
+
+    def load(self, directory: Path) -> dict:
+        extras = load_train_state(directory, self.model, self.optimizer, self.env)
+        self.scheduler.load_state_dict(extras["scheduler"])
+        return extras
+
+
+def build_engine(model, cfg, env: DistEnv, accum: int, param_dtype: torch.dtype):
+    if cfg.parallel.backend == "deepspeed":
+        from training.deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(model, cfg, env, accum, param_dtype)
+    return TorchEngine(model, cfg, env, accum, param_dtype)
