@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO stages 1-3: DeepSpeed's engine, its partitioned optimizer and its checkpoint
 format, behind the same interface as TorchEngine (training/engines.py).
 
+Checkpoints are DeepSpeed's own files, loaded weights-only (no arbitrary unpickling).
 The optimizer is our torch AdamW with the official parameter groups (DeepSpeed wraps it), so no
 FusedAdam/CPUAdam C++ build is needed; the lr schedule stays ours and advances every step, as in
 TorchEngine. ZeRO itself skips an update whose gradients are not finite; we count it in the guard.
@@ -15,11 +16,38 @@ import torch
 
 from training.distributed import DistEnv
 from training.engines import build_optimizer
+from training.parallelize import parallelize
 from training.schedule import build_lr_scheduler
 from training.stability import NonFiniteGuard
 from training.train_state import rng_state, set_rng_state
 
 TAG = "state"  # one DeepSpeed tag per checkpoint directory; the step lives in the directory name
+
+
+_TORCH_LOAD = torch.load
+
+
+def weights_only_load(path, map_location=None):
+    """torch.load for DeepSpeed's checkpoint files without arbitrary unpickling: besides tensors
+    and containers they hold a few plain DeepSpeed records (loss scaler, ZeRO-stage enum,
+    partition addresses), allow-listed here."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    torch.serialization.add_safe_globals([LossScaler, ZeroStageEnum, fragment_address])
+    return _TORCH_LOAD(path, map_location=map_location, weights_only=True)
+
+
+@contextlib.contextmanager
+def weights_only_torch_load():
+    """Within the block, every torch.load is weights-only (for DeepSpeed tools that hard-code
+    weights_only=False, such as its ZeRO-to-fp32 consolidation)."""
+    torch.load = lambda f, map_location=None, **_: weights_only_load(f, map_location)
+    try:
+        yield
+    finally:
+        torch.load = _TORCH_LOAD
 
 
 def _init_deepspeed(env: DistEnv):
@@ -67,9 +95,11 @@ class DeepSpeedEngine:
         }
         # The schedule drives the torch AdamW that ZeRO wraps: ZeRO steps it with these same
         # param-group dicts, so the lr set here is the lr applied.
+        model = parallelize(model, cfg.parallel, tc, env, param_dtype)  # checkpointing, compile
         self.optimizer = build_optimizer(model, oc)
         self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
+        self.engine.checkpoint_engine.load = weights_only_load
         self.model = self.net = self.engine
         self._micro = 0
 

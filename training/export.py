@@ -45,10 +45,11 @@ def export_safetensors(checkpoint: str | Path, output: str | Path | None = None)
 
 
 def _consolidate_zero(path: Path) -> dict[str, torch.Tensor]:
-    """Gather a ZeRO 1/2/3 checkpoint's partitions into full fp32 weights (DeepSpeed's own tool;
-    note that DeepSpeed's checkpoint files are pickles, read with DeepSpeed's loader)."""
+    """Gather a ZeRO 1/2/3 checkpoint's partitions into full fp32 weights (DeepSpeed's own tool,
+    with its file reads forced to weights-only)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from training.deepspeed_engine import TAG
+    from training.deepspeed_engine import TAG, weights_only_torch_load
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(path / "deepspeed"), tag=TAG)
+    with weights_only_torch_load():
+        return get_fp32_state_dict_from_zero_checkpoint(str(path / "deepspeed"), tag=TAG)

@@ -56,6 +56,8 @@ def parallelize(model: nn.Module, parallel_cfg, train_cfg, env: DistEnv,
         apply_activation_checkpointing(model)
     if train_cfg.compile:
         apply_compile(model)
+    if parallel_cfg.backend == "deepspeed":
+        return model  # DeepSpeed's engine partitions and reduces (training/deepspeed_engine.py)
     if parallel_cfg.backend == "fsdp2":
         apply_fsdp2(model, env, param_dtype)
     elif parallel_cfg.backend == "none" and env.distributed:

@@ -122,3 +122,11 @@ def test_mlflow_server_receives_the_run_and_a_resumed_run_continues_it(tmp_path,
     assert "config.yaml" in artifacts and "checkpoints" in artifacts
     manifests = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert manifests == {"checkpoints/step-00000002.json", "checkpoints/step-00000004.json"}
+
+
+def test_activation_checkpointing_gives_identical_losses(tmp_path):
+    plain = train_in_process(tmp_path / "plain", "train.steps=2")
+    recomputed = train_in_process(tmp_path / "ac", "train.steps=2", "train.activation_checkpointing=true")
+    assert losses(tmp_path / "plain") == losses(tmp_path / "ac")
+    for (name, a), b in zip(plain.model.state_dict().items(), recomputed.model.state_dict().values()):
+        assert torch.equal(a, b), name
