@@ -19,7 +19,7 @@ from training.engines import build_optimizer
 from training.parallelize import parallelize
 from training.schedule import build_lr_scheduler
 from training.stability import NonFiniteGuard
-from training.train_state import rng_state, set_rng_state
+from training.train_state import load_rank_extras, save_rank_extras
 
 TAG = "state"  # one DeepSpeed tag per checkpoint directory; the step lives in the directory name
 
@@ -129,8 +129,7 @@ class DeepSpeedEngine:
 
     def save(self, directory: Path, extras: dict) -> None:
         self.engine.save_checkpoint(str(directory / "deepspeed"), tag=TAG, save_latest=False)
-        state = {**extras, "scheduler": self.scheduler.state_dict(), "rng": rng_state(self.env.device)}
-        torch.save(state, directory / f"rank{self.env.rank}.pt")
+        save_rank_extras(directory, {**extras, "scheduler": self.scheduler.state_dict()}, self.env)
 
     def load(self, directory: Path) -> dict:
         load_path, _ = self.engine.load_checkpoint(str(directory / "deepspeed"), tag=TAG,
@@ -138,9 +137,6 @@ class DeepSpeedEngine:
                                                    load_lr_scheduler_states=False)
         if load_path is None:
             raise FileNotFoundError(f"{directory}: no DeepSpeed checkpoint (tag {TAG!r}) inside")
-        own = directory / f"rank{self.env.rank}.pt"
-        extras = torch.load(own if own.exists() else directory / "rank0.pt", weights_only=True)
-        if own.exists():
-            set_rng_state(extras["rng"], self.env.device)
+        extras = load_rank_extras(directory, self.env)
         self.scheduler.load_state_dict(extras["scheduler"])
         return extras

@@ -32,24 +32,32 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_train_state(directory: Path, model, optimizer, extras: dict, env: DistEnv) -> None:
-    """Write model + optimizer (DCP, all ranks) and this rank's extras into `directory`."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    safe_dcp.save({"model": model_sd, "optim": optim_sd}, directory / "dcp")
+def save_rank_extras(directory: Path, extras: dict, env: DistEnv) -> None:
+    """This rank's small state (plus its RNG) as `rank{r}.pt`."""
     torch.save({**extras, "rng": rng_state(env.device)}, directory / f"rank{env.rank}.pt")
 
 
-def load_train_state(directory: Path, model, optimizer, env: DistEnv) -> dict:
-    """Load model + optimizer (resharding to this world size) and return this rank's extras.
-
-    A rank that did not exist in the saved run (the world grew) takes rank 0's extras.
-    """
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    safe_dcp.load(state, directory / "dcp")
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+def load_rank_extras(directory: Path, env: DistEnv) -> dict:
+    """This rank's extras, restoring its RNG. A rank that did not exist in the saved run (the
+    world grew) takes rank 0's extras and keeps its own RNG."""
     own = directory / f"rank{env.rank}.pt"
     extras = torch.load(own if own.exists() else directory / "rank0.pt", weights_only=True)
     if own.exists():
         set_rng_state(extras["rng"], env.device)
     return extras
+
+
+def save_train_state(directory: Path, model, optimizer, extras: dict, env: DistEnv) -> None:
+    """Write model + optimizer (DCP, all ranks) and this rank's extras into `directory`."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    safe_dcp.save({"model": model_sd, "optim": optim_sd}, directory / "dcp")
+    save_rank_extras(directory, extras, env)
+
+
+def load_train_state(directory: Path, model, optimizer, env: DistEnv) -> dict:
+    """Load model + optimizer (resharding to this world size) and return this rank's extras."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    safe_dcp.load(state, directory / "dcp")
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return load_rank_extras(directory, env)
