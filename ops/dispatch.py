@@ -11,9 +11,9 @@ one-call forms of the same objects.
 import torch
 
 from ops.config import BACKENDS
-from ops.wkv7 import fla_available, wkv7_fla, wkv7_naive
-from ops.wkv7.checks import check_wkv7_inputs
-from ops.wkv7.chunk import ChunkedTransition
+from ops.rwkv7 import fla_available, wkv7_fla, wkv7_naive
+from ops.rwkv7.checks import check_wkv7_inputs
+from ops.rwkv7.chunk import ChunkedTransition
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

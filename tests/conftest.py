@@ -30,7 +30,8 @@ class MlflowServer:
     def start(self, timeout_s: float = 180) -> None:
         if self.proc is not None:
             return
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         mlflow_bin = Path(sys.executable).parent / "mlflow"
         self.log = open(self.root / "server.log", "wb")
         self.proc = subprocess.Popen(

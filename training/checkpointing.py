@@ -72,10 +72,15 @@ def list_complete(root: Path) -> list[Path]:
 
 
 def find_latest(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root` (what `latest` names after every clean save)."""
-    # A crash between publishing a directory and moving the pointer leaves the pointer one
-    # checkpoint behind; the newest complete directory is then the right answer.
-    complete = list_complete(Path(root))
+    """The checkpoint `latest` names when it is complete; otherwise (no pointer yet, or a crash
+    left it naming a removed directory) the newest complete one."""
+    root = Path(root)
+    pointer = root / LATEST
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if _STEP_DIR.match(named.name) and is_complete(named):
+            return named
+    complete = list_complete(root)
     return complete[-1] if complete else None
 
 
@@ -125,45 +130,70 @@ class CheckpointManager:
     """
 
     def __init__(self, root: Path, keep_last: int = 3, is_rank0: bool = True,
-                 barrier: Callable[[], None] = lambda: None):
+                 barrier: Callable[[], None] = lambda: None,
+                 any_rank: Callable[[bool], bool] = lambda failed: failed):
         self.root = Path(root)
         self.keep_last = keep_last
         self.is_rank0 = is_rank0
         self.barrier = barrier
+        self.any_rank = any_rank  # a collective: True on every rank if any rank passes True
 
     def save(self, step: int, write: Callable[[Path], None], manifest: dict) -> Path:
-        """Run `write(partial_dir)` on every rank, then publish the checkpoint atomically."""
+        """Run `write(partial_dir)` on every rank, then publish the checkpoint atomically. A
+        failure on any rank (full disk, permissions) raises the same CheckpointError on all
+        ranks, after removing the partial directory; earlier checkpoints are untouched."""
         final = self.root / step_dir_name(step)
         partial = self.root / f"{PARTIAL_PREFIX}{final.name}"
-        try:
-            if self.is_rank0:
-                self.root.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(partial, ignore_errors=True)
-                partial.mkdir()
-            self.barrier()
-            write(partial)
-            self.barrier()
-            if self.is_rank0:
-                _write_text_atomically(partial / MANIFEST, json.dumps({"step": step, **manifest},
-                                                                      indent=2, default=str))
-                if final.exists():  # re-saving a step after a resume: the new one wins
-                    shutil.rmtree(final)
-                os.replace(partial, final)
-                _fsync_dir(self.root)
-                _write_text_atomically(self.root / LATEST, final.name + "\n")
-                self._prune()
-            self.barrier()
-        except OSError as err:
-            if self.is_rank0:
-                shutil.rmtree(partial, ignore_errors=True)
-            last = find_latest(self.root)
-            kept = f"the last good checkpoint {last} is intact" if last else "no earlier checkpoint exists"
-            hint = "free disk space or point train.out_dir elsewhere" if err.errno == errno.ENOSPC \
-                else "check permissions and the filesystem"
-            raise CheckpointError(
-                f"could not write checkpoint step {step} to {final}: {err.strerror or err}; {hint}; {kept}"
-            ) from err
+        phases = [
+            lambda: self._prepare(partial) if self.is_rank0 else None,
+            lambda: write(partial),
+            lambda: self._publish(step, partial, final, manifest) if self.is_rank0 else None,
+        ]
+        for phase in phases:
+            error = None
+            try:
+                phase()
+            except BaseException as err:  # DCP raises CheckpointException, a BaseException
+                error = _os_error(err)
+                if error is None:
+                    raise
+            if self.any_rank(error is not None):
+                if self.is_rank0:
+                    shutil.rmtree(partial, ignore_errors=True)
+                raise self._failure(step, final, error)
         return final
+
+    def _prepare(self, partial: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+
+    def _publish(self, step: int, partial: Path, final: Path, manifest: dict) -> None:
+        _write_text_atomically(partial / MANIFEST, json.dumps({"step": step, **manifest}, indent=2,
+                                                              default=str))
+        if final.exists():  # re-saving a step after a resume: the new one wins
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _fsync_dir(self.root)
+        # Checkpoints numbered after this one belong to a timeline that was abandoned by resuming
+        # from an earlier step: set them aside (never delete them) so that neither resume=auto
+        # nor pruning mistakes them for this run's newest.
+        for later in list_complete(self.root):
+            if int(_STEP_DIR.match(later.name).group(1)) > step:
+                os.replace(later, self.root / f"abandoned-{later.name}")
+        _write_text_atomically(self.root / LATEST, final.name + "\n")
+        self._prune()
+
+    def _failure(self, step: int, final: Path, error: OSError | None) -> CheckpointError:
+        last = find_latest(self.root)
+        kept = f"the last good checkpoint {last} is intact" if last else "no earlier checkpoint exists"
+        if error is None:
+            return CheckpointError(f"could not write checkpoint step {step} to {final}: another rank "
+                                   f"failed (its log names the cause); {kept}")
+        hint = "free disk space or point train.out_dir elsewhere" if error.errno == errno.ENOSPC \
+            else "check permissions and the filesystem"
+        return CheckpointError(f"could not write checkpoint step {step} to {final}: "
+                               f"{error.strerror or error}; {hint}; {kept}")
 
     def _prune(self) -> None:
         for stale in self.root.glob(f"{PARTIAL_PREFIX}*"):
@@ -171,3 +201,15 @@ class CheckpointManager:
         if self.keep_last > 0:
             for old in list_complete(self.root)[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err`, looking inside torch.distributed.checkpoint's per-rank report."""
+    if isinstance(err, OSError):
+        return err
+    for failure in getattr(err, "failures", {}).values():
+        inner = failure[0] if isinstance(failure, tuple) else getattr(failure, "exc", failure)
+        if isinstance(inner, OSError):
+            return inner
+    cause = err.__cause__ or err.__context__
+    return _os_error(cause) if cause is not None else None

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def preflight(cfg, world_size: int) -> None:
     """Every check that needs no process group, so a bad config fails before any rank starts."""
-    from training.trainer import gradient_accumulation_steps
+    from training.trainer import check_resume_compatible, gradient_accumulation_steps
 
     gradient_accumulation_steps(cfg.train, world_size)
     if cfg.data.format == "jsonl":
@@ -44,7 +44,9 @@ def preflight(cfg, world_size: int) -> None:
         find_token_shards(cfg.data.train_path, cfg.data.format)
     if cfg.train.eval_every > 0:
         expand_paths(cfg.data.val_path, what="data.val_path")
-    resolve_resume(cfg.train.resume, Path(cfg.train.out_dir) / "checkpoints")
+    path = resolve_resume(cfg.train.resume, Path(cfg.train.out_dir) / "checkpoints")
+    if path is not None:
+        check_resume_compatible(path, cfg, world_size)
 
 
 def train_command(args: argparse.Namespace) -> int:

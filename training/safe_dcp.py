@@ -19,6 +19,10 @@ from torch.distributed.checkpoint.metadata import StorageMeta
 
 _SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
 _ALLOWED = {
+    ("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+} | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),
@@ -29,9 +33,10 @@ _ALLOWED = {
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        allowed = (
+        # exact names only: pickle protocol 4 resolves dotted names ("os.system" inside an
+        # allowed module), so a prefix or module-wide rule is no allow-list at all
+        allowed = "." not in name and (
             (module, name) in _ALLOWED
-            or module == "torch.distributed.checkpoint.metadata"
             or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))
         )
         if not allowed:

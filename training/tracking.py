@@ -19,6 +19,9 @@ log = logging.getLogger("metastate.tracking")
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_CHARS = 6000
+# MLflow error codes that mean "the store answered and refused", as opposed to "no answer"
+_REJECTED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+             "RESOURCE_ALREADY_EXISTS", "INVALID_STATE"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -68,7 +71,8 @@ class MlflowTracker:
 
     def start(self, params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
               run_id: str | None = None) -> None:
-        """Begin (or, with `run_id` from a checkpoint, continue) the run; params only on a new run."""
+        """Begin (or, with `run_id` from a checkpoint, continue) the run; params go to new runs
+        only (a resume never rewrites them), including one that replaces a run the store lost."""
         if not self.enabled:
             return
         # Fail fast instead of MLflow's minutes of retries: the outbox retries for us.
@@ -77,9 +81,7 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id
-        self._enqueue("open", {"tags": dict(tags or {}), "resumed": run_id is not None})
-        if params and run_id is None:
-            self._enqueue("params", params)
+        self._enqueue("open", {"tags": dict(tags or {}), "params": dict(params or {})})
         self._thread = threading.Thread(target=self._flush_loop, name="mlflow-outbox", daemon=True)
         self._thread.start()
         self.flush()
@@ -153,6 +155,14 @@ class MlflowTracker:
             try:
                 self._send(kind, batch)
             except Exception as err:  # noqa: BLE001 - any failure: keep the records, retry later
+                if getattr(err, "error_code", None) in _REJECTED and kind != "open":
+                    # the store answered and refused this record: retrying cannot help, and
+                    # keeping it would block every record behind it
+                    log.warning("MLflow at %s rejected a %s record (%s); dropped it", self.uri, kind, err)
+                    with self._outbox_lock:
+                        for _ in batch:
+                            self._outbox.popleft()
+                    continue
                 if self._unreachable_since is None:
                     self._unreachable_since = time.monotonic()
                     log.warning("MLflow at %s is unreachable (%s); training continues and %d records "
@@ -168,15 +178,11 @@ class MlflowTracker:
                 self._unreachable_since = None
 
     def _send(self, kind: str, batch: list) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, RunTag
 
         client = self._get_client()
         if kind == "open":
             self._open_run(client, batch[0])
-        elif kind == "params":
-            items = [Param(k, v) for k, v in batch[0].items()]
-            for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-                client.log_batch(self.run_id, params=items[i:i + _MAX_PARAMS_PER_BATCH])
         elif kind == "tags":
             client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in batch[0].items()])
         elif kind == "metrics":
@@ -198,7 +204,18 @@ class MlflowTracker:
 
     def _open_run(self, client, spec: dict) -> None:
         if self.run_id is not None:
-            client.get_run(self.run_id)  # raises if the server lost it: better to know now
+            try:
+                client.get_run(self.run_id)
+            except Exception as err:
+                if getattr(err, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                # tracking.uri changed or the store was deleted: continue in a new run that
+                # names the old one, rather than logging nothing
+                log.warning("MLflow at %s has no run %s to resume; logging to a new run", self.uri,
+                            self.run_id)
+                spec = {**spec, "tags": {**spec["tags"], "metastate.previous_run_id": self.run_id}}
+                self.run_id = None
+        if self.run_id is not None:
             client.update_run(self.run_id, status="RUNNING")
             from mlflow.entities import RunTag
 
@@ -216,3 +233,8 @@ class MlflowTracker:
         run = client.create_run(experiment_id, run_name=self.run_name,
                                 tags={k: str(v) for k, v in spec["tags"].items()})
         self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in spec["params"].items()]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            client.log_batch(self.run_id, params=items[i:i + _MAX_PARAMS_PER_BATCH])

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from data_pipeline.train_stream import build_train_stream
 from model import build_model, model_size
-from training.checkpointing import CheckpointManager, read_manifest, resolve_resume
+from training.checkpointing import CheckpointError, CheckpointManager, read_manifest, resolve_resume
 from training.distributed import DistEnv
 from training.engines import build_engine
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
@@ -39,6 +39,22 @@ def compute_dtype(train_cfg, device: torch.device) -> torch.dtype:
     if train_cfg.dtype == "bf16" or (train_cfg.dtype == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return torch.float32
+
+
+def check_resume_compatible(path: Path, cfg, world_size: int) -> None:
+    """A checkpoint resumes only under a backend that reads its format; DeepSpeed's ZeRO
+    partitions also need the same world size (DCP checkpoints reshard to any)."""
+    manifest = read_manifest(path)
+    saved_format, saved_world = manifest.get("format"), manifest.get("world_size")
+    wanted = "deepspeed" if cfg.parallel.backend == "deepspeed" else "dcp"
+    if saved_format != wanted:
+        raise CheckpointError(
+            f"{path} is a {saved_format} checkpoint but parallel.backend={cfg.parallel.backend} reads "
+            f"{wanted}; resume with the backend that wrote it, or export it and start from the weights")
+    if saved_format == "deepspeed" and saved_world != world_size:
+        raise CheckpointError(
+            f"{path} holds DeepSpeed ZeRO partitions for {saved_world} ranks, this run has {world_size}; "
+            f"resume on {saved_world} ranks (FSDP2 checkpoints reshard, ZeRO ones do not)")
 
 
 def git_commit() -> str:
@@ -72,7 +88,7 @@ class Trainer:
                            if tc.eval_every > 0 else None)
         self.guard = NonFiniteGuard(tc.max_bad_steps)
         self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", cfg.checkpoint.keep_last,
-                                             env.is_rank0, env.barrier)
+                                             env.is_rank0, env.barrier, env.any_rank)
         self.tracker = MlflowTracker(cfg.tracking, self.out_dir, enabled=env.is_rank0)
         self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=env.is_rank0)
         size = model_size(cfg.model, cfg.data.seq_len)
@@ -87,11 +103,14 @@ class Trainer:
     def _resume(self, path: Path | None) -> None:
         run_id = None
         if path is not None:
+            check_resume_compatible(path, self.cfg, self.env.world_size)
             extras = self.engine.load(path)
             self.guard.load_state_dict(extras["guard"])
             self.stream.load_state_dict(extras["data"])
             self.step, self.tokens_seen = int(extras["step"]), int(extras["tokens_seen"])
-            run_id = read_manifest(path).get("mlflow_run_id")
+            manifest = read_manifest(path)
+            run_id = manifest.get("mlflow_run_id")
+            self.last_val_loss = manifest.get("val_loss")
             log.info("resumed from %s at step %d", path, self.step)
         config = OmegaConf.to_container(self.cfg, resolve=True)
         if self.env.is_rank0:

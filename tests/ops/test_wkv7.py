@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ops import meta_state_scan, wkv7, wkv7_sse
-from ops.wkv7 import wkv7_chunked, wkv7_naive
+from ops.rwkv7 import wkv7_chunked, wkv7_naive
 
 FP32_REL_TOL = 2e-6
 FP64_REL_TOL = 1e-11

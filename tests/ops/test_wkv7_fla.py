@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ops import wkv7, wkv7_sse
-from ops.wkv7 import fla_available
+from ops.rwkv7 import fla_available
 
 pytestmark = [
     pytest.mark.gpu,

@@ -80,12 +80,62 @@ def test_process_killed_mid_save_leaves_previous_checkpoint_loadable(tmp_path):
     assert find_latest(tmp_path).name == "step-00000002"
 
 
-def test_crash_after_rename_before_pointer_update_finds_newest(tmp_path):
+def test_resume_follows_the_pointer_and_falls_back_to_the_newest(tmp_path):
     manager = CheckpointManager(tmp_path)
     manager.save(1, save_tensor(1), {})
     manager.save(2, save_tensor(2), {})
-    (tmp_path / LATEST).write_text("step-00000001\n")  # pointer not yet moved
+    (tmp_path / LATEST).write_text("step-00000001\n")  # a crash before the pointer moved
+    assert resolve_resume("auto", tmp_path).name == "step-00000001"
+    (tmp_path / LATEST).write_text("step-00000007\n")  # names nothing loadable
     assert resolve_resume("auto", tmp_path).name == "step-00000002"
+
+
+def test_resuming_from_an_earlier_step_sets_the_abandoned_timeline_aside(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (100, 200, 300):
+        manager.save(step, save_tensor(step), {})
+    # a rollback: training resumed from step-200 (step-100 was pruned) and now saves step 250
+    path = manager.save(250, save_tensor(250), {})
+    assert path.exists() and load_tensor(path).tolist() == [250.0] * 3
+    assert resolve_resume("auto", tmp_path).name == "step-00000250"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "abandoned-step-00000300", "step-00000200", "step-00000250"]
+    assert load_tensor(tmp_path / "abandoned-step-00000300").tolist() == [300.0] * 3  # kept, not lost
+
+
+def test_full_disk_inside_torch_distributed_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
+    from training.distributed import DistEnv
+    from training.train_state import save_train_state
+
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(model.parameters())
+    manager = CheckpointManager(tmp_path)
+    manager.save(1, lambda d: save_train_state(d, model, opt, {"step": 1}, env), {})
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # DCP fsyncs every file it writes
+    with pytest.raises(CheckpointError, match=r"No space left on device.*step-00000001 is intact"):
+        manager.save(2, lambda d: save_train_state(d, model, opt, {"step": 2}, env), {})
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".partial-*"))
+    assert resolve_resume("auto", tmp_path).name == "step-00000001"
+
+
+def test_a_failure_on_another_rank_fails_this_rank_too(tmp_path):
+    calls = []
+
+    def any_rank(failed):  # the second phase (the write) failed on some other rank
+        calls.append(failed)
+        return failed or len(calls) == 2
+
+    manager = CheckpointManager(tmp_path, any_rank=any_rank)
+    with pytest.raises(CheckpointError, match="another rank failed"):
+        manager.save(1, save_tensor(1), {})
+    assert calls == [False, False] and not list(tmp_path.glob(".partial-*"))
+    assert resolve_resume("auto", tmp_path) is None
 
 
 def test_full_disk_reports_and_keeps_last_good_checkpoint(tmp_path):

@@ -36,3 +36,17 @@ def test_tampered_metadata_is_refused_without_running_code(tmp_path):
     with pytest.raises(safe_dcp.UnsafeCheckpointError, match=refusal):
         safe_dcp.load({"w": torch.zeros(2)}, tmp_path / "ckpt")
     assert not marker.exists()
+
+
+def test_dotted_global_inside_an_allowed_module_is_refused(tmp_path):
+    safe_dcp.save({"w": torch.ones(2)}, tmp_path / "ckpt")
+    marker = tmp_path / "pwned"
+    # protocol 4 STACK_GLOBAL with a dotted name: metadata module's `os.system`
+    payload = (b"\x80\x04" + b"\x8c" + bytes([len("torch.distributed.checkpoint.metadata")])
+               + b"torch.distributed.checkpoint.metadata" + b"\x8c\x09os.system"
+               + b"\x93" + b"\x8c" + bytes([len(f"touch {marker}")]) + f"touch {marker}".encode()
+               + b"\x85R.")
+    (tmp_path / "ckpt" / ".metadata").write_bytes(payload)
+    with pytest.raises(safe_dcp.UnsafeCheckpointError, match="os.system"):
+        safe_dcp.load({"w": torch.zeros(2)}, tmp_path / "ckpt")
+    assert not marker.exists()

@@ -86,3 +86,17 @@ def test_server_down_then_up_replays_buffer_into_one_run(tmp_path, mlflow_server
     resumed.log_metrics(5, {"loss": 0.05})
     resumed.finish()
     assert [s for s, _ in history(client, tracker.run_id, "loss")] == [0, 1, 2, 3, 4, 5]
+
+
+def test_resuming_a_run_the_store_does_not_know_logs_to_a_new_run(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    tracker = MlflowTracker(Cfg(), run_dir)
+    with caplog.at_level(logging.WARNING, logger="metastate.tracking"):
+        tracker.start(params={"a": "1"}, tags={"family": "rwkv7"}, run_id="0" * 32)
+        tracker.log_metrics(1, {"loss": 2.0})
+        tracker.finish(timeout_s=10)
+    assert tracker.pending == 0 and tracker.run_id != "0" * 32
+    assert any("has no run" in r.getMessage() for r in caplog.records)
+    run = MlflowClient(tracking_uri=default_tracking_uri(run_dir)).get_run(tracker.run_id)
+    assert run.data.tags["metastate.previous_run_id"] == "0" * 32
+    assert run.data.params == {"a": "1"} and run.data.metrics == {"loss": 2.0}

@@ -76,6 +76,10 @@ def test_config_errors_fail_before_any_process_starts(tmp_path):
     assert proc.returncode == 2 and "/nonexistent" in proc.stderr
     proc = run_cli(["train", "smoke", *TINY, f"train.resume={tmp_path / 'nothing'}"])
     assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+    train_in_process(tmp_path / "dcp-run", "train.steps=1")
+    proc = run_cli(["train", "smoke", *TINY, f"train.out_dir={tmp_path / 'dcp-run'}", "train.resume=auto",
+                    "parallel.backend=deepspeed"])
+    assert proc.returncode == 2 and "is a dcp checkpoint but parallel.backend=deepspeed" in proc.stderr
 
 
 @pytest.mark.dist
