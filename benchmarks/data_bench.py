@@ -2,7 +2,7 @@
 
     python benchmarks/data_bench.py                              # shared corpus, everything
     python benchmarks/data_bench.py --corpus data/embedded --skip-tokenizer-check   # quick look
-    python benchmarks/data_bench.py --write-results benchmarks/RESULTS_data.md
+    python benchmarks/data_bench.py --write-results /tmp/data_results.md   # then paste into RESULTS.md
 
 Rows (one process each, num_workers=0, so the number is per core):
   (a) raw jsonl.zst -> tokens    decompress + JSON + tiktoken encode + EOS   target >= 0.8M/s

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ops import wkv7, wkv7_sse  # noqa: E402
-from ops.wkv7 import fla_available, wkv7_naive  # noqa: E402
+from ops.rwkv7 import fla_available, wkv7_naive  # noqa: E402
 
 
 def make_inputs(B, T, H, N, device):

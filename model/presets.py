@@ -31,7 +31,7 @@ PRESETS: dict[str, ModelConfig] = {
     "transformer-450m": ModelConfig("transformer", n_layer=27, d_model=1024),
     "transformer-900m": ModelConfig("transformer", n_layer=26, d_model=1536),
     "transformer-1.5b": ModelConfig("transformer", n_layer=25, d_model=2048),
-    # CPU test sizes (a few hundred thousand parameters).
+    # CPU test sizes (about 80k-150k parameters).
     "metastate-tiny": ModelConfig("metastate", **_TINY),
     "metastate-tiny-wide": ModelConfig("metastate", d_state=128, **_TINY),
     "rwkv7-tiny": ModelConfig("rwkv7", **_TINY),
