@@ -134,3 +134,14 @@ def test_activation_checkpointing_gives_identical_losses(tmp_path):
     assert losses(tmp_path / "plain") == losses(tmp_path / "ac")
     for (name, a), b in zip(plain.model.state_dict().items(), recomputed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_ones(tmp_path):
+    # torch.compile (inductor, C++ on CPU) per block: the same losses up to kernel-fusion round-off
+    train_in_process(tmp_path / "eager", "train.steps=2", "model.n_layer=1")
+    train_in_process(tmp_path / "compiled", "train.steps=2", "model.n_layer=1", "train.compile=true")
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert list(compiled) == [1, 2]
+    for step in (1, 2):
+        assert compiled[step] == pytest.approx(eager[step], rel=1e-4)
