@@ -68,6 +68,9 @@ def train_command(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, env, config_name=Path(args.config).stem)
         result = trainer.run()
+        # No rank tears the process group down while a peer is still inside a collective (a
+        # gloo peer vanishing mid-operation aborts the other process).
+        env.barrier()
     except TrainingDiverged as err:
         print(f"train: {err}", file=sys.stderr)
         return 3
