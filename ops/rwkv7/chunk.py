@@ -26,30 +26,48 @@ import torch.nn.functional as F
 
 
 def _to_chunks(x: torch.Tensor, chunk_size: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, T, H, N] -> [B, H, n_chunks, L, N], zero-padded at the end of time."""
+    """[B, T, H, N] -> contiguous [B * H * n_chunks, L, N], zero-padded at the end of time.
+
+    Made contiguous once here: a batched matmul over the permuted view would copy its operand on
+    every call (and again in its backward)."""
     B, T, H, N = x.shape
     pad = (-T) % chunk_size
     x = x.to(dtype)
     if pad:
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
-    return x.view(B, (T + pad) // chunk_size, chunk_size, H, N).permute(0, 3, 1, 2, 4)
+    x = x.view(B, (T + pad) // chunk_size, chunk_size, H, N).permute(0, 3, 1, 2, 4)
+    return x.reshape(-1, chunk_size, N)
 
 
-def _from_chunks(x: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, H, n_chunks, L, N] -> [B, T, H, N]."""
-    B, H, n_chunks, L, N = x.shape
-    return x.permute(0, 2, 3, 1, 4).reshape(B, n_chunks * L, H, N)[:, :T].to(dtype)
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous: the gradient of an output
+    arrives as a permuted view of [B, T, H, N], and batched matmuls over such strided batches fall
+    back to one copy per chunk (on CPU: ~4x slower backward matmuls)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
-def _unit_lower_inverse(strictly_lower: torch.Tensor) -> torch.Tensor:
+def _from_chunks(x: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """[B * H * n_chunks, L, N] -> [B, T, H, N] (`shape`)."""
+    B, T, H, N = shape
+    L = x.shape[-2]
+    x = _ContiguousGrad.apply(x).view(B, H, -1, L, N).permute(0, 2, 3, 1, 4)
+    return x.reshape(B, -1, H, N)[:, :T].to(dtype)
+
+
+def _unit_lower_inverse_forward(strictly_lower: torch.Tensor) -> torch.Tensor:
     """(I - A)^{-1} for strictly lower-triangular L x L matrices A (L a power of two), built
     from 1 x 1 diagonal blocks upwards: inv([[M11, 0], [M21, M22]]) has off-diagonal block
     -M22^{-1} M21 M11^{-1}, and every diagonal block of a level is done in one batched matmul.
     ~L^3/3 flops in 2 log2(L) matmuls; torch's batched triangular solve on CPU instead loops over
     the batch one small LAPACK call at a time."""
     L = strictly_lower.shape[-1]
-    if L & (L - 1):
-        raise ValueError(f"wkv7: chunk_size={L} must be a power of two (16, 32 or 64)")
     batch = strictly_lower.shape[:-2]
     inverse = strictly_lower.new_ones(*batch, L, 1, 1)          # [..., blocks, size, size]
     size = 1
@@ -66,6 +84,55 @@ def _unit_lower_inverse(strictly_lower: torch.Tensor) -> torch.Tensor:
     return inverse[..., 0, :, :]
 
 
+class _UnitLowerInverse(torch.autograd.Function):
+    """M = (I - A)^{-1} with the analytic backward dA = tril(M^T dM M^T, -1): two matmuls
+    instead of autograd replaying the 2 log2(L) block products and concatenations."""
+
+    @staticmethod
+    def forward(ctx, strictly_lower):
+        inverse = _unit_lower_inverse_forward(strictly_lower)
+        ctx.save_for_backward(inverse)
+        return inverse
+
+    @staticmethod
+    def backward(ctx, grad_inverse):
+        (inverse,) = ctx.saved_tensors
+        inverse_t = inverse.transpose(-1, -2)
+        return (inverse_t @ grad_inverse @ inverse_t).tril(-1)
+
+
+class _StateScan(torch.autograd.Function):
+    """The sequential part: S_{i+1} = S_i A_i + C_i over the chunks i of each [batch] sequence.
+
+    Returns the chunk-start states [batch, n, N, N] and the final state. The backward runs the
+    reverse scan dS_i = dS_{i+1} A_i^T + (gradient reaching S_i directly), one matmul per chunk;
+    dA_i = S_i^T dS_{i+1} and dC_i = dS_{i+1} then come out of one batched matmul, instead of
+    autograd's per-chunk nodes."""
+
+    @staticmethod
+    def forward(ctx, transition, injection, initial_state):
+        starts = torch.empty_like(transition)
+        state = initial_state
+        for i in range(transition.shape[1]):
+            starts[:, i] = state
+            state = torch.baddbmm(injection[:, i], state, transition[:, i])
+        ctx.save_for_backward(transition, starts)
+        return starts, state
+
+    @staticmethod
+    def backward(ctx, grad_starts, grad_final):
+        transition, starts = ctx.saved_tensors
+        grad_after = torch.empty_like(transition)        # dL/dS_{i+1}, i.e. dL/dC_i
+        grad = torch.zeros_like(starts[:, 0]) if grad_final is None else grad_final
+        for i in reversed(range(transition.shape[1])):
+            grad_after[:, i] = grad
+            grad = grad @ transition[:, i].transpose(-1, -2)
+            if grad_starts is not None:
+                grad = grad + grad_starts[:, i]
+        grad_transition = starts.transpose(-1, -2) @ grad_after
+        return grad_transition, grad_after, grad
+
+
 class ChunkedTransition:
     """The per-chunk preparation of one transition (w, a, b), shared by every scan over it.
 
@@ -76,6 +143,8 @@ class ChunkedTransition:
     def __init__(self, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, chunk_size: int = 32):
         if not 1 <= chunk_size <= 256:
             raise ValueError(f"wkv7: chunk_size={chunk_size} is out of range; use 16-64")
+        if chunk_size & (chunk_size - 1):
+            raise ValueError(f"wkv7: chunk_size={chunk_size} must be a power of two (16, 32 or 64)")
         self.shape, self.out_dtype = w.shape, w.dtype
         self.dtype = torch.promote_types(w.dtype, torch.float32)
         self.chunk_size = L = chunk_size
@@ -83,23 +152,14 @@ class ChunkedTransition:
         c = w.cumsum(-2)                          # inclusive cumulative log-decay
         self.decay_in = torch.exp(c)              # e^{c_t}: from the chunk start to token t
         self.decay_out = torch.exp(-c)            # e^{-c_s}
-        self.decay_to_end = torch.exp(c[..., -1:, :] - c)
-        device = w.device
-        self.strictly_lower = torch.ones(L, L, dtype=torch.bool, device=device).tril(-1)
-        self.lower = torch.ones(L, L, dtype=torch.bool, device=device).tril()
-        self.zero = w.new_zeros(())
+        self.decay_to_end = torch.exp(c[:, -1:, :] - c)
         self.a_in = a * torch.exp(c - w)          # a_t e^{c_{t-1}}
         self.b_out = b * self.decay_out
-        a_b = torch.where(self.strictly_lower, self.a_in @ self.b_out.transpose(-1, -2), self.zero)
-        self.wy_inverse = _unit_lower_inverse(a_b)
-        self.u_from_state = self.solve(self.a_in)  # u = u_from_state @ S_0^T + u_from_values
+        self.wy_inverse = _UnitLowerInverse.apply((self.a_in @ self.b_out.transpose(-1, -2)).tril(-1))
+        self.u_from_state = self.wy_inverse @ self.a_in   # u = u_from_state @ S_0^T + u_from_values
         self.b_end = b * self.decay_to_end
-        self.transition = (torch.diag_embed(torch.exp(c[..., -1, :]))
-                           + self.u_from_state.transpose(-1, -2) @ self.b_end)
-
-    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
-        """(I - a_b)^{-1} rhs for every chunk."""
-        return self.wy_inverse @ rhs
+        self.transition = torch.baddbmm(torch.diag_embed(torch.exp(c[:, -1, :])),
+                                        self.u_from_state.transpose(-1, -2), self.b_end)
 
     def scan(self, k: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None = None
              ) -> "ChunkedScan":
@@ -113,30 +173,30 @@ class ChunkedScan:
         self.tr = tr
         B, T, H, N = k.shape
         k, v = (_to_chunks(x, tr.chunk_size, tr.dtype) for x in (k, v))
-        self.v = v
-        self.k_out = k * tr.decay_out
-        a_k = torch.where(tr.strictly_lower, tr.a_in @ self.k_out.transpose(-1, -2), tr.zero)
-        u_from_values = tr.solve(a_k @ v)
-        injection = u_from_values.transpose(-1, -2) @ tr.b_end + v.transpose(-1, -2) @ (k * tr.decay_to_end)
-        state = k.new_zeros(B, H, N, N) if initial_state is None else initial_state.to(tr.dtype)
-        chunk_starts = []
-        # unbind, not indexing: indexing's backward would write a full-size zero gradient per chunk.
-        for chunk_transition, chunk_injection in zip(tr.transition.unbind(2), injection.unbind(2)):
-            chunk_starts.append(state)
-            state = torch.baddbmm(chunk_injection.flatten(0, 1), state.flatten(0, 1),
-                                  chunk_transition.flatten(0, 1)).view(B, H, N, N)
-        self.final_state = state
-        self.start_states_t = torch.stack(chunk_starts, dim=2).transpose(-1, -2)  # S_0^T per chunk
-        self.u = tr.u_from_state @ self.start_states_t + u_from_values
+        k_out = k * tr.decay_out
+        a_k = (tr.a_in @ k_out.transpose(-1, -2)).tril(-1)
+        u_from_values = tr.wy_inverse @ (a_k @ v)
+        injection = torch.baddbmm(v.transpose(-1, -2) @ (k * tr.decay_to_end),
+                                  u_from_values.transpose(-1, -2), tr.b_end)
+        state = k.new_zeros(B * H, N, N) if initial_state is None else initial_state.to(tr.dtype).reshape(B * H, N, N)
+        starts, final = _StateScan.apply(tr.transition.view(B * H, -1, N, N),
+                                         injection.view(B * H, -1, N, N), state)
+        self.final_state = final.view(B, H, N, N)
+        self.start_states_t = starts.view(-1, N, N).transpose(-1, -2)   # S_0^T per chunk
+        u = torch.baddbmm(u_from_values, tr.u_from_state, self.start_states_t)
+        # the intra-chunk read-out y += tril(q b_out^T) u + tril(q k_out^T) v as one product
+        self.keys_out = torch.cat([tr.b_out, k_out], -2)               # [L2 = 2L, N]
+        self.values = torch.cat([u, v], -2)
+        L = tr.chunk_size
+        self.read_mask = torch.ones(L, L, dtype=torch.bool, device=k.device).tril().repeat(1, 2)
 
     def read(self, q: torch.Tensor) -> torch.Tensor:
         """y_t = S_t q_t for every token of this scan; q is [B, T, H, N]."""
         tr = self.tr
         q_in = _to_chunks(q, tr.chunk_size, tr.dtype) * tr.decay_in
-        y = (q_in @ self.start_states_t
-             + torch.where(tr.lower, q_in @ tr.b_out.transpose(-1, -2), tr.zero) @ self.u
-             + torch.where(tr.lower, q_in @ self.k_out.transpose(-1, -2), tr.zero) @ self.v)
-        return _from_chunks(y, tr.shape[1], tr.out_dtype)
+        scores = (q_in @ self.keys_out.transpose(-1, -2)).masked_fill(~self.read_mask, 0.0)
+        y = torch.baddbmm(scores @ self.values, q_in, self.start_states_t)
+        return _from_chunks(y, tr.shape, tr.out_dtype)
 
 
 def wkv7_chunked(
