@@ -102,35 +102,51 @@ class _UnitLowerInverse(torch.autograd.Function):
 
 
 class _StateScan(torch.autograd.Function):
-    """The sequential part: S_{i+1} = S_i A_i + C_i over the chunks i of each [batch] sequence.
+    """The sequential part, chunk by chunk i of each [batch] sequence (all operands per chunk):
 
-    Returns the chunk-start states [batch, n, N, N] and the final state. The backward runs the
-    reverse scan dS_i = dS_{i+1} A_i^T + (gradient reaching S_i directly), one matmul per chunk;
-    dA_i = S_i^T dS_{i+1} and dC_i = dS_{i+1} then come out of one batched matmul, instead of
-    autograd's per-chunk nodes."""
+        u_i = P_i S_i^T + F_i                            (the WY solve against the start state)
+        S_{i+1} = S_i diag(d_i) + u_i^T B_i + K_i         (d_i = e^{c_L}, K_i = v^T k_end)
+
+    with P = u_from_state, F = u_from_values, B = b_end. It never forms the chunk's N x N
+    transition matrix: per chunk that is two L x N x N products instead of one N^3 product plus
+    the transition's own N x L x N product, and u comes out of the loop. Returns the chunk-start
+    states [batch, n, N, N], u [batch, n, L, N] and the final state. The backward runs the reverse
+    scan (two small matmuls per chunk); the gradients of P, B and d then come out of batched
+    products over all chunks at once, not autograd's per-chunk nodes."""
 
     @staticmethod
-    def forward(ctx, transition, injection, initial_state):
-        starts = torch.empty_like(transition)
+    def forward(ctx, P, F, B, K, d, initial_state):
+        n = P.shape[1]
+        starts = K.new_empty(K.shape)
+        u = torch.empty_like(F)
         state = initial_state
-        for i in range(transition.shape[1]):
+        for i in range(n):
             starts[:, i] = state
-            state = torch.baddbmm(injection[:, i], state, transition[:, i])
-        ctx.save_for_backward(transition, starts)
-        return starts, state
+            u_i = torch.baddbmm(F[:, i], P[:, i], state.transpose(-1, -2))
+            u[:, i] = u_i
+            state = torch.baddbmm(torch.addcmul(K[:, i], state, d[:, i]), u_i.transpose(-1, -2), B[:, i])
+        ctx.save_for_backward(P, B, d, starts, u)
+        return starts, u, state
 
     @staticmethod
-    def backward(ctx, grad_starts, grad_final):
-        transition, starts = ctx.saved_tensors
-        grad_after = torch.empty_like(transition)        # dL/dS_{i+1}, i.e. dL/dC_i
+    def backward(ctx, grad_starts, grad_u, grad_final):
+        P, B, d, starts, u = ctx.saved_tensors
+        grad_after = torch.empty_like(starts)            # dL/dS_{i+1} = dL/dK_i
+        grad_u_total = torch.empty_like(u)               # dL/du_i, through the loop and directly
         grad = torch.zeros_like(starts[:, 0]) if grad_final is None else grad_final
-        for i in reversed(range(transition.shape[1])):
+        for i in reversed(range(P.shape[1])):
             grad_after[:, i] = grad
-            grad = grad @ transition[:, i].transpose(-1, -2)
+            g_u = B[:, i] @ grad.transpose(-1, -2)
+            if grad_u is not None:
+                g_u = g_u + grad_u[:, i]
+            grad_u_total[:, i] = g_u
+            grad = torch.baddbmm(grad * d[:, i], g_u.transpose(-1, -2), P[:, i])
             if grad_starts is not None:
                 grad = grad + grad_starts[:, i]
-        grad_transition = starts.transpose(-1, -2) @ grad_after
-        return grad_transition, grad_after, grad
+        grad_P = grad_u_total @ starts
+        grad_B = u @ grad_after
+        grad_d = (starts * grad_after).sum(-2, keepdim=True)
+        return grad_P, grad_u_total, grad_B, grad_after, grad_d, grad
 
 
 class ChunkedTransition:
@@ -158,8 +174,7 @@ class ChunkedTransition:
         self.wy_inverse = _UnitLowerInverse.apply((self.a_in @ self.b_out.transpose(-1, -2)).tril(-1))
         self.u_from_state = self.wy_inverse @ self.a_in   # u = u_from_state @ S_0^T + u_from_values
         self.b_end = b * self.decay_to_end
-        self.transition = torch.baddbmm(torch.diag_embed(torch.exp(c[:, -1, :])),
-                                        self.u_from_state.transpose(-1, -2), self.b_end)
+        self.decay_chunk = torch.exp(c[:, -1:, :])          # e^{c_L}: the whole chunk's decay
 
     def scan(self, k: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None = None
              ) -> "ChunkedScan":
@@ -176,18 +191,19 @@ class ChunkedScan:
         k_out = k * tr.decay_out
         a_k = (tr.a_in @ k_out.transpose(-1, -2)).tril(-1)
         u_from_values = tr.wy_inverse @ (a_k @ v)
-        injection = torch.baddbmm(v.transpose(-1, -2) @ (k * tr.decay_to_end),
-                                  u_from_values.transpose(-1, -2), tr.b_end)
+        injection = v.transpose(-1, -2) @ (k * tr.decay_to_end)
         state = k.new_zeros(B * H, N, N) if initial_state is None else initial_state.to(tr.dtype).reshape(B * H, N, N)
-        starts, final = _StateScan.apply(tr.transition.view(B * H, -1, N, N),
-                                         injection.view(B * H, -1, N, N), state)
+        L = tr.chunk_size
+        starts, u, final = _StateScan.apply(
+            tr.u_from_state.view(B * H, -1, L, N), u_from_values.view(B * H, -1, L, N),
+            tr.b_end.view(B * H, -1, L, N), injection.view(B * H, -1, N, N),
+            tr.decay_chunk.view(B * H, -1, 1, N), state)
         self.final_state = final.view(B, H, N, N)
         self.start_states_t = starts.view(-1, N, N).transpose(-1, -2)   # S_0^T per chunk
-        u = torch.baddbmm(u_from_values, tr.u_from_state, self.start_states_t)
+        u = u.view(-1, L, N)
         # the intra-chunk read-out y += tril(q b_out^T) u + tril(q k_out^T) v as one product
         self.keys_out = torch.cat([tr.b_out, k_out], -2)               # [L2 = 2L, N]
         self.values = torch.cat([u, v], -2)
-        L = tr.chunk_size
         self.read_mask = torch.ones(L, L, dtype=torch.bool, device=k.device).tril().repeat(1, 2)
 
     def read(self, q: torch.Tensor) -> torch.Tensor:
