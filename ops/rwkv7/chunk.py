@@ -149,6 +149,63 @@ class _StateScan(torch.autograd.Function):
         return grad_P, grad_u_total, grad_B, grad_after, grad_d, grad
 
 
+class _ChunkDecays(torch.autograd.Function):
+    """The decay factors of every chunk and the decayed a and b, from chunked (w, a, b):
+
+        c_t = sum_{j<=t} w_j,  e^{c_t},  e^{-c_t},  e^{c_L - c_t},
+        a_t e^{c_{t-1}},  b_t e^{-c_t},  b_t e^{c_L - c_t}
+
+    with one hand-written backward: every output is some x e^{+-c_t (+ c_L)}, so the gradient of
+    c_t is a signed sum of (output gradient * output) and the gradient of w a reverse cumulative
+    sum of it, instead of autograd's chain of exp, neg, sub, expand and mul nodes."""
+
+    @staticmethod
+    def forward(ctx, w, a, b):
+        c = w.cumsum(-2)
+        decay_in = torch.exp(c)
+        decay_out = torch.exp(-c)
+        decay_to_end = decay_out * decay_in[:, -1:, :]
+        a_scale = torch.exp(c - w)
+        a_in = a * a_scale
+        b_out = b * decay_out
+        b_end = b * decay_to_end
+        ctx.save_for_backward(decay_in, decay_out, decay_to_end, a_scale, a_in, b, b_out, b_end)
+        return decay_in, decay_out, decay_to_end, a_in, b_out, b_end
+
+    @staticmethod
+    def backward(ctx, g_in, g_out, g_to_end, g_a_in, g_b_out, g_b_end):
+        decay_in, decay_out, decay_to_end, a_scale, a_in, b, b_out, b_end = ctx.saved_tensors
+        grad_c = torch.zeros_like(decay_in)     # d loss / d c_t
+        grad_end = torch.zeros_like(decay_in)   # terms that also depend on c_L
+        grad_a = grad_b = None
+        if g_in is not None:
+            grad_c.addcmul_(g_in, decay_in)
+        if g_out is not None:
+            grad_c.addcmul_(g_out, decay_out, value=-1.0)
+        if g_to_end is not None:
+            grad_end.addcmul_(g_to_end, decay_to_end)
+        if g_a_in is not None:
+            grad_c.addcmul_(g_a_in, a_in)
+            grad_a = g_a_in * a_scale
+        if g_b_out is not None:
+            grad_c.addcmul_(g_b_out, b_out, value=-1.0)
+            grad_b = g_b_out * decay_out
+        if g_b_end is not None:
+            grad_end.addcmul_(g_b_end, b_end)
+            grad_b = g_b_end * decay_to_end if grad_b is None else grad_b.addcmul_(g_b_end, decay_to_end)
+        grad_c.sub_(grad_end)
+        grad_c[:, -1:, :] += grad_end.sum(-2, keepdim=True)
+        # c_t = sum_{j<=t} w_j: grad_w_j = sum_{t>=j} grad_c_t; and a_t e^{c_t - w_t} adds -g a_in
+        grad_w = grad_c.sum(-2, keepdim=True) - grad_c.cumsum(-2) + grad_c
+        if g_a_in is not None:
+            grad_w.addcmul_(g_a_in, a_in, value=-1.0)
+        if grad_a is None:
+            grad_a = torch.zeros_like(a_in)
+        if grad_b is None:
+            grad_b = torch.zeros_like(b)
+        return grad_w, grad_a, grad_b
+
+
 class ChunkedTransition:
     """The per-chunk preparation of one transition (w, a, b), shared by every scan over it.
 
@@ -165,16 +222,11 @@ class ChunkedTransition:
         self.dtype = torch.promote_types(w.dtype, torch.float32)
         self.chunk_size = L = chunk_size
         w, a, b = (_to_chunks(x, L, self.dtype) for x in (w, a, b))
-        c = w.cumsum(-2)                          # inclusive cumulative log-decay
-        self.decay_in = torch.exp(c)              # e^{c_t}: from the chunk start to token t
-        self.decay_out = torch.exp(-c)            # e^{-c_s}
-        self.decay_to_end = torch.exp(c[:, -1:, :] - c)
-        self.a_in = a * torch.exp(c - w)          # a_t e^{c_{t-1}}
-        self.b_out = b * self.decay_out
+        (self.decay_in, self.decay_out, self.decay_to_end,  # e^{c_t}, e^{-c_t}, e^{c_L - c_t}
+         self.a_in, self.b_out, self.b_end) = _ChunkDecays.apply(w, a, b)
         self.wy_inverse = _UnitLowerInverse.apply((self.a_in @ self.b_out.transpose(-1, -2)).tril(-1))
         self.u_from_state = self.wy_inverse @ self.a_in   # u = u_from_state @ S_0^T + u_from_values
-        self.b_end = b * self.decay_to_end
-        self.decay_chunk = torch.exp(c[:, -1:, :])          # e^{c_L}: the whole chunk's decay
+        self.decay_chunk = self.decay_in[:, -1:, :]         # e^{c_L}: the whole chunk's decay
 
     def scan(self, k: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None = None
              ) -> "ChunkedScan":
