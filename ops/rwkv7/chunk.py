@@ -26,16 +26,17 @@ import torch.nn.functional as F
 
 
 def _to_chunks(x: torch.Tensor, chunk_size: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, T, H, N] -> contiguous [B * H * n_chunks, L, N], zero-padded at the end of time.
+    """[B, T, H, N] -> contiguous [n_chunks * B * H, L, N] (chunk-major), zero-padded at the end.
 
     Made contiguous once here: a batched matmul over the permuted view would copy its operand on
-    every call (and again in its backward)."""
+    every call (and again in its backward). Chunk-major, so that one chunk of every sequence is
+    one contiguous block for the sequential state scan."""
     B, T, H, N = x.shape
     pad = (-T) % chunk_size
     x = x.to(dtype)
     if pad:
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
-    x = x.view(B, (T + pad) // chunk_size, chunk_size, H, N).permute(0, 3, 1, 2, 4)
+    x = x.view(B, (T + pad) // chunk_size, chunk_size, H, N).permute(1, 0, 3, 2, 4)
     return x.reshape(-1, chunk_size, N)
 
 
@@ -54,10 +55,10 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 def _from_chunks(x: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """[B * H * n_chunks, L, N] -> [B, T, H, N] (`shape`)."""
+    """[n_chunks * B * H, L, N] -> [B, T, H, N] (`shape`)."""
     B, T, H, N = shape
     L = x.shape[-2]
-    x = _ContiguousGrad.apply(x).view(B, H, -1, L, N).permute(0, 2, 3, 1, 4)
+    x = _ContiguousGrad.apply(x).view(-1, B, H, L, N).permute(1, 0, 3, 2, 4)
     return x.reshape(B, -1, H, N)[:, :T].to(dtype)
 
 
@@ -102,7 +103,7 @@ class _UnitLowerInverse(torch.autograd.Function):
 
 
 class _StateScan(torch.autograd.Function):
-    """The sequential part, chunk by chunk i of each [batch] sequence (all operands per chunk):
+    """The sequential part, chunk by chunk i of every sequence (operands [n, batch, ...]):
 
         u_i = P_i S_i^T + F_i                            (the WY solve against the start state)
         S_{i+1} = S_i diag(d_i) + u_i^T B_i + K_i         (d_i = e^{c_L}, K_i = v^T k_end)
@@ -110,43 +111,47 @@ class _StateScan(torch.autograd.Function):
     with P = u_from_state, F = u_from_values, B = b_end. It never forms the chunk's N x N
     transition matrix: per chunk that is two L x N x N products instead of one N^3 product plus
     the transition's own N x L x N product, and u comes out of the loop. Returns the chunk-start
-    states [batch, n, N, N], u [batch, n, L, N] and the final state. The backward runs the reverse
+    states [n, batch, N, N], u [n, batch, L, N] and the final state. The backward runs the reverse
     scan (two small matmuls per chunk); the gradients of P, B and d then come out of batched
     products over all chunks at once, not autograd's per-chunk nodes."""
 
     @staticmethod
     def forward(ctx, P, F, B, K, d, initial_state):
-        n = P.shape[1]
-        starts = K.new_empty(K.shape)
+        n = P.shape[0]
+        states = K.new_empty(n + 1, *K.shape[1:])      # S_0 .. S_n
+        states[0] = initial_state
         u = torch.empty_like(F)
-        state = initial_state
         for i in range(n):
-            starts[:, i] = state
-            u_i = torch.baddbmm(F[:, i], P[:, i], state.transpose(-1, -2))
-            u[:, i] = u_i
-            state = torch.baddbmm(torch.addcmul(K[:, i], state, d[:, i]), u_i.transpose(-1, -2), B[:, i])
+            torch.baddbmm(F[i], P[i], states[i].transpose(-1, -2), out=u[i])
+            torch.baddbmm(torch.addcmul(K[i], states[i], d[i]), u[i].transpose(-1, -2), B[i],
+                          out=states[i + 1])
+        starts = states[:n]
         ctx.save_for_backward(P, B, d, starts, u)
-        return starts, u, state
+        return starts, u, states[n]
 
     @staticmethod
     def backward(ctx, grad_starts, grad_u, grad_final):
         P, B, d, starts, u = ctx.saved_tensors
-        grad_after = torch.empty_like(starts)            # dL/dS_{i+1} = dL/dK_i
-        grad_u_total = torch.empty_like(u)               # dL/du_i, through the loop and directly
-        grad = torch.zeros_like(starts[:, 0]) if grad_final is None else grad_final
-        for i in reversed(range(P.shape[1])):
-            grad_after[:, i] = grad
-            g_u = B[:, i] @ grad.transpose(-1, -2)
-            if grad_u is not None:
-                g_u = g_u + grad_u[:, i]
-            grad_u_total[:, i] = g_u
-            grad = torch.baddbmm(grad * d[:, i], g_u.transpose(-1, -2), P[:, i])
-            if grad_starts is not None:
-                grad = grad + grad_starts[:, i]
+        n = P.shape[0]
+        grads = torch.empty(n + 1, *starts.shape[1:], dtype=starts.dtype, device=starts.device)
+        if grad_final is None:                         # grads[i] = dL/dS_i; dL/dK_i = grads[i+1]
+            grads[n].zero_()
+        else:
+            grads[n] = grad_final
+        grad_u_total = torch.empty_like(u)             # dL/du_i, through the loop and directly
+        for i in reversed(range(n)):
+            g = grads[i + 1]
+            if grad_u is None:
+                torch.bmm(B[i], g.transpose(-1, -2), out=grad_u_total[i])
+            else:
+                torch.baddbmm(grad_u[i], B[i], g.transpose(-1, -2), out=grad_u_total[i])
+            carried = g * d[i] if grad_starts is None else torch.addcmul(grad_starts[i], g, d[i])
+            torch.baddbmm(carried, grad_u_total[i].transpose(-1, -2), P[i], out=grads[i])
+        grad_after = grads[1:]
         grad_P = grad_u_total @ starts
         grad_B = u @ grad_after
         grad_d = (starts * grad_after).sum(-2, keepdim=True)
-        return grad_P, grad_u_total, grad_B, grad_after, grad_d, grad
+        return grad_P, grad_u_total, grad_B, grad_after, grad_d, grads[0]
 
 
 class _ChunkDecays(torch.autograd.Function):
@@ -247,9 +252,9 @@ class ChunkedScan:
         state = k.new_zeros(B * H, N, N) if initial_state is None else initial_state.to(tr.dtype).reshape(B * H, N, N)
         L = tr.chunk_size
         starts, u, final = _StateScan.apply(
-            tr.u_from_state.view(B * H, -1, L, N), u_from_values.view(B * H, -1, L, N),
-            tr.b_end.view(B * H, -1, L, N), injection.view(B * H, -1, N, N),
-            tr.decay_chunk.view(B * H, -1, 1, N), state)
+            tr.u_from_state.view(-1, B * H, L, N), u_from_values.view(-1, B * H, L, N),
+            tr.b_end.view(-1, B * H, L, N), injection.view(-1, B * H, N, N),
+            tr.decay_chunk.view(-1, B * H, 1, N), state)
         self.final_state = final.view(B, H, N, N)
         self.start_states_t = starts.view(-1, N, N).transpose(-1, -2)   # S_0^T per chunk
         u = u.view(-1, L, N)
