@@ -7,13 +7,21 @@ log-decay, per key channel) and u_t = S_{t-1} a_t. Unrolling the recurrence give
     u_t = S_0 (a_t e^{c_{t-1}}) + sum_{s<t} [u_s (a_t e^{c_{t-1}} . b_s e^{-c_s})
                                              + v_s (a_t e^{c_{t-1}} . k_s e^{-c_s})]
 
-so the u's of a chunk solve one unit-lower-triangular L x L system (the WY form), and the chunk
-maps its start state affinely to its end state: S_L = S_0 A + C. The transition part (A and the
-solve against S_0) depends only on (w, a, b): `ChunkedTransition` prepares it once, and every scan
-over it (the TimeMix scan and the meta-state scan of a Meta-State layer share w, a and b) adds
-only its keys and values. Only S <- S A + C runs sequentially, one small matmul per chunk. Any
-query is then read from the chunk-start states kept by `ChunkedScan`: reading the Self-State
-Encoder's u costs three matmuls per chunk, not a second scan.
+so the u's of a chunk solve one unit-lower-triangular L x L system (the WY form): u = P S_0^T + F
+with P = (I - A_ab)^{-1} a_in and F = (I - A_ab)^{-1} A_ak v, and the chunk ends in
+S_L = S_0 diag(e^{c_L}) + u^T b_end + v^T k_end. P depends only on (w, a, b):
+`ChunkedTransition` prepares it once, and every scan over it (the TimeMix scan and the meta-state
+scan of a Meta-State layer share w, a and b) adds only its keys and values. Only the two small
+products u = P S_0^T + F and S_L = ... run sequentially per chunk (`_StateScan`; no N x N chunk
+transition matrix is formed). Any query is then read from the chunk-start states and the u's
+kept by `ChunkedScan`: reading the Self-State Encoder's u costs three matmuls per chunk, not a
+second scan.
+
+Speed on CPU (see benchmarks/RESULTS.md): all chunks live in one contiguous chunk-major batch
+[n_chunks * B * H, L, N], so every batched matmul runs on plain strided batches; the sequential
+state scan, the WY inverse and the decay factors have hand-written backward passes (a reverse
+chunk scan; two matmuls; one signed sum and a reverse cumulative sum) instead of autograd's
+per-chunk and per-elementwise-op nodes; the intra-chunk read-out is one [L, 2L] score product.
 
 The decay factors are taken relative to the chunk start, e^{c_t} <= 1 and e^{-c_s} >= 1, so every
 output depends on its own and earlier tokens only (bitwise causal). e^{-c_s} stays below
