@@ -7,12 +7,12 @@ log-decay, per key channel) and u_t = S_{t-1} a_t. Unrolling the recurrence give
     u_t = S_0 (a_t e^{c_{t-1}}) + sum_{s<t} [u_s (a_t e^{c_{t-1}} . b_s e^{-c_s})
                                              + v_s (a_t e^{c_{t-1}} . k_s e^{-c_s})]
 
-so the u's of a chunk solve one unit-lower-triangular L x L system (the WY form): u = P S_0^T + F
-with P = (I - A_ab)^{-1} a_in and F = (I - A_ab)^{-1} A_ak v, and the chunk ends in
+so the u's of a chunk solve one unit-lower-triangular L x L system (the WY form): u = P S_0^T + U
+with P = (I - A_ab)^{-1} a_in and U = (I - A_ab)^{-1} A_ak v, and the chunk ends in
 S_L = S_0 diag(e^{c_L}) + u^T b_end + v^T k_end. P depends only on (w, a, b):
 `ChunkedTransition` prepares it once, and every scan over it (the TimeMix scan and the meta-state
 scan of a Meta-State layer share w, a and b) adds only its keys and values. Only the two small
-products u = P S_0^T + F and S_L = ... run sequentially per chunk (`_StateScan`; no N x N chunk
+products u = P S_0^T + U and S_L = ... run sequentially per chunk (`_StateScan`; no N x N chunk
 transition matrix is formed). Any query is then read from the chunk-start states and the u's
 kept by `ChunkedScan`: reading the Self-State Encoder's u costs three matmuls per chunk, not a
 second scan.
@@ -113,10 +113,10 @@ class _UnitLowerInverse(torch.autograd.Function):
 class _StateScan(torch.autograd.Function):
     """The sequential part, chunk by chunk i of every sequence (operands [n, batch, ...]):
 
-        u_i = P_i S_i^T + F_i                            (the WY solve against the start state)
+        u_i = P_i S_i^T + U_i                            (the WY solve against the start state)
         S_{i+1} = S_i diag(d_i) + u_i^T B_i + K_i         (d_i = e^{c_L}, K_i = v^T k_end)
 
-    with P = u_from_state, F = u_from_values, B = b_end. It never forms the chunk's N x N
+    with P = u_from_state, U = u_from_values, B = b_end. It never forms the chunk's N x N
     transition matrix: per chunk that is two L x N x N products instead of one N^3 product plus
     the transition's own N x L x N product, and u comes out of the loop. Returns the chunk-start
     states [n, batch, N, N], u [n, batch, L, N] and the final state. The backward runs the reverse
@@ -124,15 +124,15 @@ class _StateScan(torch.autograd.Function):
     products over all chunks at once, not autograd's per-chunk nodes."""
 
     @staticmethod
-    def forward(ctx, P, F, B, K, d, initial_state):
+    def forward(ctx, P, U, B, K, d, initial_state):
         n = P.shape[0]
         states = K.new_empty(n + 1, *K.shape[1:])      # S_0 .. S_n
         states[0] = initial_state
-        u = torch.empty_like(F)
-        for i in range(n):
-            torch.baddbmm(F[i], P[i], states[i].transpose(-1, -2), out=u[i])
-            torch.baddbmm(torch.addcmul(K[i], states[i], d[i]), u[i].transpose(-1, -2), B[i],
-                          out=states[i + 1])
+        u = U.clone()
+        for i in range(n):                             # in place: no per-chunk temporaries
+            u[i].baddbmm_(P[i], states[i].transpose(-1, -2))
+            torch.addcmul(K[i], states[i], d[i], out=states[i + 1])
+            states[i + 1].baddbmm_(u[i].transpose(-1, -2), B[i])
         starts = states[:n]
         ctx.save_for_backward(P, B, d, starts, u)
         return starts, u, states[n]
@@ -146,15 +146,16 @@ class _StateScan(torch.autograd.Function):
             grads[n].zero_()
         else:
             grads[n] = grad_final
-        grad_u_total = torch.empty_like(u)             # dL/du_i, through the loop and directly
+        # dL/du_i, through the loop and directly
+        grad_u_total = torch.zeros_like(u) if grad_u is None else grad_u.clone()
         for i in reversed(range(n)):
             g = grads[i + 1]
-            if grad_u is None:
-                torch.bmm(B[i], g.transpose(-1, -2), out=grad_u_total[i])
+            grad_u_total[i].baddbmm_(B[i], g.transpose(-1, -2))
+            if grad_starts is None:
+                torch.mul(g, d[i], out=grads[i])
             else:
-                torch.baddbmm(grad_u[i], B[i], g.transpose(-1, -2), out=grad_u_total[i])
-            carried = g * d[i] if grad_starts is None else torch.addcmul(grad_starts[i], g, d[i])
-            torch.baddbmm(carried, grad_u_total[i].transpose(-1, -2), P[i], out=grads[i])
+                torch.addcmul(grad_starts[i], g, d[i], out=grads[i])
+            grads[i].baddbmm_(grad_u_total[i].transpose(-1, -2), P[i])
         grad_after = grads[1:]
         grad_P = grad_u_total @ starts
         grad_B = u @ grad_after
