@@ -175,11 +175,12 @@ class _ChunkDecays(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, a, b):
-        c = w.cumsum(-2)
-        decay_in = torch.exp(c)
-        decay_out = torch.exp(-c)
+        decay_in = torch.exp(w.cumsum(-2))
+        decay_out = torch.reciprocal(decay_in)
         decay_to_end = decay_out * decay_in[:, -1:, :]
-        a_scale = torch.exp(c - w)
+        a_scale = torch.empty_like(decay_in)               # e^{c_{t-1}}: decay_in shifted by one
+        a_scale[:, :1] = 1.0
+        a_scale[:, 1:] = decay_in[:, :-1]
         a_in = a * a_scale
         b_out = b * decay_out
         b_end = b * decay_to_end
@@ -198,8 +199,8 @@ class _ChunkDecays(torch.autograd.Function):
             grad_c.addcmul_(g_out, decay_out, value=-1.0)
         if g_to_end is not None:
             grad_end.addcmul_(g_to_end, decay_to_end)
-        if g_a_in is not None:
-            grad_c.addcmul_(g_a_in, a_in)
+        if g_a_in is not None:                 # a_in_t depends on c_{t-1}
+            grad_c[:, :-1].addcmul_(g_a_in[:, 1:], a_in[:, 1:])
             grad_a = g_a_in * a_scale
         if g_b_out is not None:
             grad_c.addcmul_(g_b_out, b_out, value=-1.0)
@@ -209,10 +210,8 @@ class _ChunkDecays(torch.autograd.Function):
             grad_b = g_b_end * decay_to_end if grad_b is None else grad_b.addcmul_(g_b_end, decay_to_end)
         grad_c.sub_(grad_end)
         grad_c[:, -1:, :] += grad_end.sum(-2, keepdim=True)
-        # c_t = sum_{j<=t} w_j: grad_w_j = sum_{t>=j} grad_c_t; and a_t e^{c_t - w_t} adds -g a_in
+        # c_t = sum_{j<=t} w_j: grad_w_j = sum_{t>=j} grad_c_t
         grad_w = grad_c.sum(-2, keepdim=True) - grad_c.cumsum(-2) + grad_c
-        if g_a_in is not None:
-            grad_w.addcmul_(g_a_in, a_in, value=-1.0)
         if grad_a is None:
             grad_a = torch.zeros_like(a_in)
         if grad_b is None:
@@ -270,13 +269,13 @@ class ChunkedScan:
         # the intra-chunk read-out y += tril(q b_out^T) u + tril(q k_out^T) v as one product
         self.keys_out = torch.cat([tr.b_out, k_out], -2)               # [L2 = 2L, N]
         self.values = torch.cat([u, v], -2)
-        self.read_mask = torch.ones(L, L, dtype=torch.bool, device=k.device).tril().repeat(1, 2)
+        self.read_mask = k.new_ones(L, L).tril().repeat(1, 2)     # 0/1: a product beats masked_fill
 
     def read(self, q: torch.Tensor) -> torch.Tensor:
         """y_t = S_t q_t for every token of this scan; q is [B, T, H, N]."""
         tr = self.tr
         q_in = _to_chunks(q, tr.chunk_size, tr.dtype) * tr.decay_in
-        scores = (q_in @ self.keys_out.transpose(-1, -2)).masked_fill(~self.read_mask, 0.0)
+        scores = (q_in @ self.keys_out.transpose(-1, -2)) * self.read_mask
         y = torch.baddbmm(scores @ self.values, q_in, self.start_states_t)
         return _from_chunks(y, tr.shape, tr.out_dtype)
 
