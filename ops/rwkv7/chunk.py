@@ -184,12 +184,14 @@ class _ChunkDecays(torch.autograd.Function):
         a_in = a * a_scale
         b_out = b * decay_out
         b_end = b * decay_to_end
-        ctx.save_for_backward(decay_in, decay_out, decay_to_end, a_scale, a_in, b, b_out, b_end)
-        return decay_in, decay_out, decay_to_end, a_in, b_out, b_end
+        decay_chunk = decay_in[:, -1:, :].clone()          # e^{c_L}, its own output: a slice's
+        ctx.save_for_backward(decay_in, decay_out, decay_to_end, a_scale, a_in, b, b_out, b_end,
+                              decay_chunk)           # backward would write a full-size zero grad
+        return decay_in, decay_out, decay_to_end, a_in, b_out, b_end, decay_chunk
 
     @staticmethod
-    def backward(ctx, g_in, g_out, g_to_end, g_a_in, g_b_out, g_b_end):
-        decay_in, decay_out, decay_to_end, a_scale, a_in, b, b_out, b_end = ctx.saved_tensors
+    def backward(ctx, g_in, g_out, g_to_end, g_a_in, g_b_out, g_b_end, g_chunk):
+        decay_in, decay_out, decay_to_end, a_scale, a_in, b, b_out, b_end, decay_chunk = ctx.saved_tensors
         grad_c = torch.zeros_like(decay_in)     # d loss / d c_t
         grad_end = torch.zeros_like(decay_in)   # terms that also depend on c_L
         grad_a = grad_b = None
@@ -210,6 +212,8 @@ class _ChunkDecays(torch.autograd.Function):
             grad_b = g_b_end * decay_to_end if grad_b is None else grad_b.addcmul_(g_b_end, decay_to_end)
         grad_c.sub_(grad_end)
         grad_c[:, -1:, :] += grad_end.sum(-2, keepdim=True)
+        if g_chunk is not None:
+            grad_c[:, -1:, :].addcmul_(g_chunk, decay_chunk)
         # c_t = sum_{j<=t} w_j: grad_w_j = sum_{t>=j} grad_c_t
         grad_w = grad_c.sum(-2, keepdim=True) - grad_c.cumsum(-2) + grad_c
         if grad_a is None:
@@ -236,10 +240,10 @@ class ChunkedTransition:
         self.chunk_size = L = chunk_size
         w, a, b = (_to_chunks(x, L, self.dtype) for x in (w, a, b))
         (self.decay_in, self.decay_out, self.decay_to_end,  # e^{c_t}, e^{-c_t}, e^{c_L - c_t}
-         self.a_in, self.b_out, self.b_end) = _ChunkDecays.apply(w, a, b)
+         self.a_in, self.b_out, self.b_end,
+         self.decay_chunk) = _ChunkDecays.apply(w, a, b)   # ..., e^{c_L}: the whole chunk's decay
         self.wy_inverse = _UnitLowerInverse.apply((self.a_in @ self.b_out.transpose(-1, -2)).tril(-1))
         self.u_from_state = self.wy_inverse @ self.a_in   # u = u_from_state @ S_0^T + u_from_values
-        self.decay_chunk = self.decay_in[:, -1:, :]         # e^{c_L}: the whole chunk's decay
 
     def scan(self, k: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None = None
              ) -> "ChunkedScan":
