@@ -31,6 +31,7 @@ arbitrary log-decays need |w| * L < 80.
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 def _to_chunks(x: torch.Tensor, chunk_size: int, dtype: torch.dtype) -> torch.Tensor:
@@ -58,6 +59,7 @@ class _ContiguousGrad(torch.autograd.Function):
         return x
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         return grad.contiguous()
 
@@ -104,6 +106,7 @@ class _UnitLowerInverse(torch.autograd.Function):
         return inverse
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_inverse):
         (inverse,) = ctx.saved_tensors
         inverse_t = inverse.transpose(-1, -2)
@@ -138,6 +141,7 @@ class _StateScan(torch.autograd.Function):
         return starts, u, states[n]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_starts, grad_u, grad_final):
         P, B, d, starts, u = ctx.saved_tensors
         n = P.shape[0]
@@ -190,6 +194,7 @@ class _ChunkDecays(torch.autograd.Function):
         return decay_in, decay_out, decay_to_end, a_in, b_out, b_end, decay_chunk
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_in, g_out, g_to_end, g_a_in, g_b_out, g_b_end, g_chunk):
         decay_in, decay_out, decay_to_end, a_scale, a_in, b, b_out, b_end, decay_chunk = ctx.saved_tensors
         grad_c = torch.zeros_like(decay_in)     # d loss / d c_t
@@ -261,7 +266,10 @@ class ChunkedScan:
         a_k = (tr.a_in @ k_out.transpose(-1, -2)).tril(-1)
         u_from_values = tr.wy_inverse @ (a_k @ v)
         injection = v.transpose(-1, -2) @ (k * tr.decay_to_end)
-        state = k.new_zeros(B * H, N, N) if initial_state is None else initial_state.to(tr.dtype).reshape(B * H, N, N)
+        if initial_state is None:
+            state = k.new_zeros(B * H, N, N)
+        else:
+            state = initial_state.to(tr.dtype).reshape(B * H, N, N)
         L = tr.chunk_size
         starts, u, final = _StateScan.apply(
             tr.u_from_state.view(-1, B * H, L, N), u_from_values.view(-1, B * H, L, N),
