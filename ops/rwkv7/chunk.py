@@ -189,23 +189,21 @@ class _ChunkDecays(torch.autograd.Function):
         b_out = b * decay_out
         b_end = b * decay_to_end
         decay_chunk = decay_in[:, -1:, :].clone()          # e^{c_L}, its own output: a slice's
-        ctx.save_for_backward(decay_in, decay_out, decay_to_end, a_scale, a_in, b, b_out, b_end,
+        ctx.save_for_backward(decay_in, decay_out, decay_to_end, a_scale, a_in, b_out, b_end,
                               decay_chunk)           # backward would write a full-size zero grad
         return decay_in, decay_out, decay_to_end, a_in, b_out, b_end, decay_chunk
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_in, g_out, g_to_end, g_a_in, g_b_out, g_b_end, g_chunk):
-        decay_in, decay_out, decay_to_end, a_scale, a_in, b, b_out, b_end, decay_chunk = ctx.saved_tensors
-        grad_c = torch.zeros_like(decay_in)     # d loss / d c_t
-        grad_end = torch.zeros_like(decay_in)   # terms that also depend on c_L
+        decay_in, decay_out, decay_to_end, a_scale, a_in, b_out, b_end, decay_chunk = ctx.saved_tensors
+        # d loss / d c_t, and the terms that also depend on c_L (started from the first term
+        # present rather than from a zero fill)
+        grad_c = g_in * decay_in if g_in is not None else torch.zeros_like(decay_in)
+        grad_end = g_to_end * decay_to_end if g_to_end is not None else torch.zeros_like(decay_in)
         grad_a = grad_b = None
-        if g_in is not None:
-            grad_c.addcmul_(g_in, decay_in)
         if g_out is not None:
             grad_c.addcmul_(g_out, decay_out, value=-1.0)
-        if g_to_end is not None:
-            grad_end.addcmul_(g_to_end, decay_to_end)
         if g_a_in is not None:                 # a_in_t depends on c_{t-1}
             grad_c[:, :-1].addcmul_(g_a_in[:, 1:], a_in[:, 1:])
             grad_a = g_a_in * a_scale
@@ -224,7 +222,7 @@ class _ChunkDecays(torch.autograd.Function):
         if grad_a is None:
             grad_a = torch.zeros_like(a_in)
         if grad_b is None:
-            grad_b = torch.zeros_like(b)
+            grad_b = torch.zeros_like(b_out)
         return grad_w, grad_a, grad_b
 
 
