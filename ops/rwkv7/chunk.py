@@ -188,9 +188,10 @@ class _ChunkDecays(torch.autograd.Function):
         a_in = a * a_scale
         b_out = b * decay_out
         b_end = b * decay_to_end
-        decay_chunk = decay_in[:, -1:, :].clone()          # e^{c_L}, its own output: a slice's
-        ctx.save_for_backward(decay_in, decay_out, decay_to_end, a_scale, a_in, b_out, b_end,
-                              decay_chunk)           # backward would write a full-size zero grad
+        # e^{c_L} as its own output: the backward of a slice of decay_in would write a full-size
+        # zero gradient and add it to decay_in's
+        decay_chunk = decay_in[:, -1:, :].clone()
+        ctx.save_for_backward(decay_in, decay_out, decay_to_end, a_scale, a_in, b_out, b_end, decay_chunk)
         return decay_in, decay_out, decay_to_end, a_in, b_out, b_end, decay_chunk
 
     @staticmethod
