@@ -234,6 +234,10 @@ class ChunkedTransition:
     unchanged and a final state is that of the last real token.
     """
 
+    # torch.compile (train.compile) runs the chunked backend eagerly, behind a graph break: tracing
+    # its hand-written autograd Functions and per-chunk loops cost ~100 s of compile time per block
+    # in tests/training, for no speed-up of what are already large batched matmuls.
+    @torch.compiler.disable
     def __init__(self, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, chunk_size: int = 32):
         if not 1 <= chunk_size <= 256:
             raise ValueError(f"wkv7: chunk_size={chunk_size} is out of range; use 16-64")
@@ -257,6 +261,7 @@ class ChunkedTransition:
 class ChunkedScan:
     """The states of one scan, kept at chunk starts, read by any number of queries."""
 
+    @torch.compiler.disable  # see ChunkedTransition.__init__
     def __init__(self, tr: ChunkedTransition, k, v, initial_state):
         self.tr = tr
         B, T, H, N = k.shape
@@ -282,6 +287,7 @@ class ChunkedScan:
         self.values = torch.cat([u, v], -2)
         self.read_mask = k.new_ones(L, L).tril().repeat(1, 2)     # 0/1: a product beats masked_fill
 
+    @torch.compiler.disable  # see ChunkedTransition.__init__
     def read(self, q: torch.Tensor) -> torch.Tensor:
         """y_t = S_t q_t for every token of this scan; q is [B, T, H, N]."""
         tr = self.tr
