@@ -170,7 +170,7 @@ def apply_fsdp2(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) ->
 def parallelize(model: nn.Module, parallel_cfg, train_cfg, env: DistEnv,
                 param_dtype: torch.dtype = torch.float32) -> nn.Module:
     """Apply the configured parallelism to `model` (already on env.device); returns the module
-    to call. With backend none and several ranks, the model is replicated with DDP.
+    to call. With backend none, tp = 1 and several ranks, the model is replicated with DDP.
 
     Example:
         >>> model = parallelize(build_model(cfg.model, cfg.ops, device), cfg.parallel, cfg.train, env)
