@@ -146,8 +146,9 @@ class IndexedTrainStream:
 class RawTrainStream:
     """Windows of raw jsonl.zst shards; state = one position per shard (see raw_stream.py).
 
-    `state_dict()` is a collective when torch.distributed is initialized and world_size > 1:
-    each rank knows only the positions of its own shards, so they are all-gathered and merged.
+    `state_dict()` is a collective over every process when torch.distributed is initialized:
+    each rank knows only the positions of its own shards, so they are all-gathered and merged
+    (one state per data rank: tensor-parallel peers share a rank and read the same shards).
     """
 
     def __init__(self, data_cfg, rank: int, world_size: int, micro_batch_size: int,
@@ -197,10 +198,11 @@ class RawTrainStream:
 
     def state_dict(self) -> dict:
         parts = [self.rank_state()]
-        if (self.world_size > 1 and torch.distributed.is_available()
-                and torch.distributed.is_initialized()):
-            parts = [None] * self.world_size
-            torch.distributed.all_gather_object(parts, self.rank_state())
+        if (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (self.rank, self.rank_state()))
+            parts = list(dict(gathered).values())
         return self.combine_rank_states(parts)
 
     def combine_rank_states(self, parts: list[dict]) -> dict:

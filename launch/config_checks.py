@@ -17,6 +17,7 @@ from model.config import (
     SSE_MODES,
     Z_NORMS,
     coerce_model_config,
+    ffn_width,
     validate_model_config,
 )
 from ops.config import BACKENDS
@@ -142,13 +143,28 @@ def _parallel_rules(cfg: DictConfig):
         yield (f"parallel.tp must be 1 with parallel.backend=deepspeed (ZeRO has no tensor "
                f"parallel here), got {p.tp}; use parallel.backend=fsdp2 for tp > 1",
                ("parallel.tp", "parallel.backend"))
-    state_width = m.d_state or m.d_model
-    if p.tp >= 1 and m.head_size >= 1 and state_width % m.head_size == 0:
-        heads = state_width // m.head_size
-        if heads % p.tp:
-            yield (f"parallel.tp ({p.tp}) must divide the {heads} state heads "
-                   f"(model.d_state or d_model / model.head_size)",
-                   ("parallel.tp", "model.d_state", "model.d_model", "model.head_size"))
+    if p.tp > 1 and m.head_size >= 1:
+        yield from _tensor_parallel_rules(p.tp, m)
+
+
+def _tensor_parallel_rules(tp: int, m):
+    """Every width that tensor parallelism splits must split into whole heads per rank."""
+    if m.family == "transformer":
+        split = {"attention heads (model.d_model / model.head_size)": m.d_model // m.head_size}
+        keys: tuple[str, ...] = ("parallel.tp", "model.d_model", "model.head_size")
+    else:
+        split = {"state heads (model.d_state or d_model / model.head_size)":
+                 (m.d_state or m.d_model) // m.head_size}
+        keys = ("parallel.tp", "model.d_state", "model.d_model", "model.head_size")
+    if m.family != "metastate":
+        split[f"{m.family} FFN channels (model.ffn_dim or its default)"] = ffn_width(m)
+        keys += ("model.ffn_dim",)
+    for what, count in split.items():
+        if count % tp:
+            yield f"parallel.tp ({tp}) must divide the {count} {what}", keys
+    if m.family == "metastate" and m.out_norm == "full":
+        yield (f"parallel.tp ({tp}) needs model.out_norm=head: out_norm=full normalises over all "
+               f"state heads, which tensor parallelism splits", ("parallel.tp", "model.out_norm"))
 
 
 def _tracking_rules(cfg: DictConfig):

@@ -5,6 +5,7 @@ from torch import nn
 
 from model.config import ModelConfig, ffn_width
 from model.init import layer_ratios, orthogonal_, token_shift_mix
+from model.sharding import local
 from model.time_mix import token_shift
 
 
@@ -27,5 +28,5 @@ class ChannelMix(nn.Module):
 
     def forward(self, x, shift_state=None):
         """x: [B, T, C] (ln2-normalised). Returns (out [B, T, C], new shift state [B, C])."""
-        k = x + (token_shift(x, shift_state) - x) * self.x_k
+        k = x + (token_shift(x, shift_state) - x) * local(self.x_k)
         return self.value(torch.relu(self.key(k)) ** 2), x[:, -1]

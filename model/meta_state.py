@@ -20,6 +20,7 @@ from torch import nn
 
 from model.config import ModelConfig, state_width
 from model.init import layer_ratios, orthogonal_, token_shift_mix
+from model.sharding import group_norm_heads, local, local_columns
 from model.time_mix import LN_X_EPS, token_shift
 from ops import OpsConfig, Wkv7Scan, meta_state_scan
 
@@ -70,21 +71,23 @@ class MetaStateLayer(nn.Module):
     def forward(self, x, timemix: Wkv7Scan, shift_state=None, meta_state=None):
         """x: [B, T, C] (ln2-normalised); timemix: the same layer's finished TimeMix scan.
 
-        Returns (out [B, T, C], new shift state [B, C], new meta-state [B, H, N, N])."""
+        Returns (out [B, T, C], new shift state [B, C], new meta-state [B, H, N, N]). Under
+        tensor parallelism H is this rank's share of the heads (see model/sharding.py)."""
         B, T, _ = x.shape
-        H, N = self.n_head, self.head_size
-        xm = x + (token_shift(x, shift_state) - x) * self.x_m
-        u = (self.input(xm) if self.input is not None else xm).reshape(B, T, H, N)
-        u = u.to(timemix.transition.w.dtype)
+        N = self.head_size
+        xm = x + (token_shift(x, shift_state) - x) * local(self.x_m)
+        u = self.input(xm) if self.input is not None else local_columns(xm, like=self.ln_out.weight)
+        H = u.shape[-1] // N
+        u = u.reshape(B, T, H, N).to(timemix.transition.w.dtype)
         if self.sse == "state":
             z = timemix.read(u)
         else:
-            z = torch.einsum("bthj,hij->bthi", u, self.sse_weight.to(u.dtype))
+            z = torch.einsum("bthj,hij->bthi", u, local(self.sse_weight).to(u.dtype))
         z = self._normalise(torch.relu(z))
         o, new_meta_state = meta_state_scan(z, None, None, None, initial_state=meta_state,
                                             output_final_state=True, transition=timemix.transition)
         if isinstance(self.ln_out, nn.GroupNorm):
-            o = self.ln_out(o.reshape(B * T, H * N)).view(B, T, H * N)
-        else:
+            o = group_norm_heads(self.ln_out, o).reshape(B, T, H * N)
+        else:  # out_norm=full: statistics over all heads, so tensor parallelism refuses it
             o = self.ln_out(o.reshape(B, T, H * N))
         return self.output(o.to(x.dtype)), x[:, -1], new_meta_state

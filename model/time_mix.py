@@ -20,6 +20,7 @@ from model.init import (
     orthogonal_,
     token_shift_mix,
 )
+from model.sharding import group_norm_heads, local, matmul_columns
 from ops import OpsConfig, Wkv7Transition
 
 DECAY_SCALE = 0.6065306597        # e^{-1/2}: log-decay = -e^{-1/2} sigmoid(.), decay in (0.545, 1)
@@ -101,32 +102,38 @@ class TimeMix(nn.Module):
     def forward(self, x, v_first, shift_state=None, wkv_state=None):
         """x: [B, T, C] (already ln1-normalised). Returns (out [B, T, C], v_first [B, T, C_s],
         new shift state [B, C], new WKV state [B, H, N, N], the finished Wkv7Scan, whose
-        transition and states the Meta-State layer reuses)."""
+        transition and states the Meta-State layer reuses).
+
+        Under tensor parallelism C_s and H are this rank's share of the state heads: sizes come
+        from the tensors and parameters are read through model/sharding.py."""
         B, T, _ = x.shape
-        H, N = self.n_head, self.head_size
+        N = self.head_size
         xx = token_shift(x, shift_state) - x
-        xr, xw, xk, xv, xa, xg = (x + xx * getattr(self, f"x_{n}") for n in MIX_NAMES)
+        xr, xw, xk, xv, xa, xg = (x + xx * local(getattr(self, f"x_{n}")) for n in MIX_NAMES)
 
         r = self.receptance(xr)
-        w = -DECAY_SCALE * torch.sigmoid(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)
+        w = -DECAY_SCALE * torch.sigmoid(
+            local(self.w0) + matmul_columns(torch.tanh(xw @ local(self.w1)), self.w2))
         k = self.key(xk)
         v = self.value(xv)
         if self.layer_id == 0:
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
-        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
+            v = v + (v_first - v) * torch.sigmoid(
+                local(self.v0) + matmul_columns(xv @ local(self.v1), self.v2))
+        a = torch.sigmoid(local(self.a0) + matmul_columns(xa @ local(self.a1), self.a2))
+        g = matmul_columns(torch.sigmoid(xg @ local(self.g1)), self.g2)
 
-        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0)
-        k = k * (1 + (a - 1) * self.k_a)
+        H = r.shape[-1] // N
+        kk = F.normalize((k * local(self.k_k)).view(B, T, H, N), dim=-1, p=2.0)
+        k = k * (1 + (a - 1) * local(self.k_a))
         dtype = common_dtype(r, w, k, v, a, kk)
         r, w, k, v, a = (t.reshape(B, T, H, N).to(dtype) for t in (r, w, k, v, a))
         kk = kk.to(dtype)
         transition = Wkv7Transition(w, -kk, kk * a, self.ops_cfg.backend, self.ops_cfg.chunk_size)
         scan = transition.scan(r, k, v, initial_state=wkv_state, output_final_state=True)
         y, new_wkv_state = scan.output, scan.final_state
-        y = self.ln_x(y.reshape(B * T, H * N)).view(B, T, H, N)
-        bonus = (r * k * self.r_k).sum(dim=-1, keepdim=True) * v
+        y = group_norm_heads(self.ln_x, y)
+        bonus = (r * k * local(self.r_k)).sum(dim=-1, keepdim=True) * v
         out = self.output(((y + bonus).reshape(B, T, H * N) * g).to(x.dtype))
         return out, v_first, x[:, -1], new_wkv_state, scan

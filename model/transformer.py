@@ -43,9 +43,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cache: dict | None, position: int):
         """x [B, T, C]; cache {"k", "v"}: [B, H, T_past, N]. Returns (out, new cache)."""
-        B, T, C = x.shape
-        H, N = self.n_head, self.head_size
-        q, k, v = (proj(x).view(B, T, H, N).transpose(1, 2) for proj in (self.wq, self.wk, self.wv))
+        B, T, _ = x.shape
+        N = self.head_size  # heads from sizes: tensor parallelism leaves each rank a share
+        q, k, v = (proj(x).view(B, T, -1, N).transpose(1, 2) for proj in (self.wq, self.wk, self.wv))
         positions = torch.arange(position, position + T, device=x.device)
         cos, sin = rope_tables(positions, N, self.theta, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -60,7 +60,7 @@ class Attention(nn.Module):
             keys = torch.arange(past + T, device=x.device)
             allowed = keys[None, :] <= (past + torch.arange(T, device=x.device))[:, None]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.wo(y.transpose(1, 2).reshape(B, T, C)), {"k": k, "v": v}
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1)), {"k": k, "v": v}
 
 
 class SwiGLU(nn.Module):

@@ -35,9 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def preflight(cfg, world_size: int) -> None:
     """Every check that needs no process group, so a bad config fails before any rank starts."""
+    from training.parallelize import mesh_shape
     from training.trainer import check_resume_compatible, gradient_accumulation_steps
 
-    gradient_accumulation_steps(cfg.train, world_size)
+    dp_size, _ = mesh_shape(cfg.parallel, world_size)
+    gradient_accumulation_steps(cfg.train, dp_size)
     if cfg.data.format == "jsonl":
         expand_paths(cfg.data.train_path, what="data.train_path")
     else:

@@ -1,18 +1,145 @@
 """The one place that turns a single-device model into a parallel one, in torchtitan's order:
 tensor parallel -> activation checkpointing -> torch.compile -> data parallel (FSDP2 or DDP).
 
-DeepSpeed ZeRO wraps the model in its own engine (training/deepspeed_engine.py) instead of the
-data-parallel step here; activation checkpointing and compile still apply first.
+Tensor parallelism splits the state heads over `parallel.tp` ranks (Megatron's pattern with
+torch DTensor plans; the layout is drawn in docs/parallelism.md). With `parallel.dp` data-parallel
+groups the ranks form a 2-D DeviceMesh ("dp", "tp"): rank = dp_index * tp + tp_index, TP inside
+a group of neighbouring ranks and FSDP2 across groups. DeepSpeed ZeRO wraps the model in its own
+engine (training/deepspeed_engine.py) instead of the data-parallel step here and runs with tp = 1.
 """
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    RowwiseParallel,
+    parallelize_module,
+)
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from training.distributed import DistEnv
+
+
+def mesh_shape(parallel_cfg, world_size: int) -> tuple[int, int]:
+    """(dp, tp) for `world_size` processes; ValueError naming the numbers when they disagree.
+
+    Example: mesh_shape(cfg.parallel, 4) == (2, 2) for parallel.tp=2, parallel.dp=-1
+    """
+    tp = parallel_cfg.tp
+    if tp < 1 or world_size % tp:
+        raise ValueError(f"parallel.tp={tp} does not divide the world size {world_size}; launch a "
+                         f"multiple of {tp} processes or change parallel.tp")
+    dp = world_size // tp if parallel_cfg.dp == -1 else parallel_cfg.dp
+    if dp * tp != world_size:
+        raise ValueError(f"parallel.tp={tp} x parallel.dp={dp} = {tp * dp} differs from the world "
+                         f"size {world_size}; launch {tp * dp} processes or set parallel.dp=-1")
+    if tp > 1 and parallel_cfg.backend == "deepspeed":
+        raise ValueError(f"parallel.tp={tp} needs parallel.backend=fsdp2 or none: DeepSpeed runs "
+                         f"with parallel.tp=1 only")
+    if tp > 1 and dp > 1 and parallel_cfg.backend != "fsdp2":
+        raise ValueError(f"parallel.tp={tp} with {dp} data-parallel groups needs "
+                         f"parallel.backend=fsdp2 (FSDP2 over the dp dimension of the 2-D mesh)")
+    return dp, tp
+
+
+def data_parallel_rank(parallel_cfg, env: DistEnv) -> tuple[int, int]:
+    """(this rank's data-parallel index, number of data-parallel groups). The tp ranks of one
+    group read the same batches."""
+    dp, tp = mesh_shape(parallel_cfg, env.world_size)
+    return env.rank // tp, dp
+
+
+# ------------------------------------------------------------------ tensor parallel
+
+
+class OwnParameters(ParallelStyle):
+    """A module's own parameters (not its children's) as DTensors on the tensor-parallel mesh:
+    those named in `shard_dims` split along that dimension (whole heads per rank), the others
+    replicated. The module's forward reads them through model/sharding.py."""
+
+    def __init__(self, shard_dims: dict[str, int] | None = None):
+        super().__init__()
+        self.shard_dims = shard_dims or {}
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        for name, param in list(module.named_parameters(recurse=False)):
+            placement = Shard(self.shard_dims[name]) if name in self.shard_dims else Replicate()
+            dtensor = distribute_tensor(param.detach(), device_mesh, [placement],
+                                        src_data_rank=self.src_data_rank)
+            module.register_parameter(name, nn.Parameter(dtensor, requires_grad=param.requires_grad))
+        return module
+
+
+class Replicated(ParallelStyle):
+    """A module that every tensor-parallel rank runs whole (norms, embedding, head): parameters
+    replicated DTensors, inputs and outputs plain tensors. It communicates nothing."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        def to_dtensor(_module, inputs, mesh):
+            return tuple(DTensor.from_local(t, mesh, [Replicate()], run_check=False)
+                         if isinstance(t, torch.Tensor) and not isinstance(t, DTensor) else t
+                         for t in inputs)
+
+        def to_local(_module, output, _mesh):
+            return output.to_local() if isinstance(output, DTensor) else output
+
+        return distribute_module(module, device_mesh, input_fn=to_dtensor, output_fn=to_local)
+
+
+PER_HEAD = {"weight": 0, "bias": 0}   # GroupNorm over heads: one affine entry per state channel
+TIME_MIX_SHARDS = {"w0": 0, "a0": 0, "v0": 0, "k_k": 0, "k_a": 0, "r_k": 0,   # [C_s] or [H, N]
+                   "w2": 1, "a2": 1, "v2": 1, "g2": 1}                         # LoRA [rank, C_s]
+
+
+def rwkv_block_plan(block: nn.Module) -> dict[str, ParallelStyle]:
+    """Megatron's pattern over state heads: r/k/v, W_in and the LoRAs' second matrices
+    column-parallel, W_o and W_oms row-parallel (one all-reduce each in the forward pass)."""
+    plan: dict[str, ParallelStyle] = {
+        "ln1": Replicated(), "ln2": Replicated(),
+        "att": OwnParameters(TIME_MIX_SHARDS),
+        "att.receptance": ColwiseParallel(), "att.key": ColwiseParallel(),
+        "att.value": ColwiseParallel(), "att.output": RowwiseParallel(),
+        "att.ln_x": OwnParameters(PER_HEAD),
+    }
+    if hasattr(block, "ln0"):
+        plan["ln0"] = Replicated()
+    if hasattr(block, "ffn"):   # rwkv7 ChannelMix: the standard MLP split
+        plan.update({"ffn": OwnParameters(), "ffn.key": ColwiseParallel(),
+                     "ffn.value": RowwiseParallel()})
+    else:
+        plan.update({"meta": OwnParameters({"sse_weight": 0}), "meta.output": RowwiseParallel(),
+                     "meta.ln_out": OwnParameters(PER_HEAD)})
+        if block.meta.input is not None:
+            plan["meta.input"] = ColwiseParallel()
+    return plan
+
+
+def transformer_block_plan(block: nn.Module) -> dict[str, ParallelStyle]:
+    """Megatron's attention/MLP split: q/k/v and gate/up column-parallel, o and down row-parallel."""
+    return {"attn_norm": Replicated(), "mlp_norm": Replicated(),
+            "attn.wq": ColwiseParallel(), "attn.wk": ColwiseParallel(), "attn.wv": ColwiseParallel(),
+            "attn.wo": RowwiseParallel(),
+            "mlp.w1": ColwiseParallel(), "mlp.w3": ColwiseParallel(), "mlp.w2": RowwiseParallel()}
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Split every block over `tp_mesh`; embedding, final norm and head stay replicated (the
+    loss sees whole logits, no vocab-parallel cross-entropy). Every parameter ends up a DTensor,
+    so DCP saves global tensors and a tp=2 checkpoint loads at tp=1 and the reverse."""
+    for block in model.blocks:
+        plan = rwkv_block_plan(block) if hasattr(block, "att") else transformer_block_plan(block)
+        parallelize_module(block, tp_mesh, plan)
+    parallelize_module(model, tp_mesh, {"emb": Replicated(), "ln_out": Replicated(),
+                                        "head": Replicated()})
+    missed = [name for name, p in model.named_parameters() if not isinstance(p, DTensor)]
+    if missed:
+        raise RuntimeError(f"tensor parallel: no plan covers {', '.join(missed[:5])}; add them to "
+                           f"the block plans in training/parallelize.py")
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -32,9 +159,8 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
-def apply_fsdp2(model: nn.Module, env: DistEnv, param_dtype: torch.dtype) -> None:
-    """Shard every block, then the root (embedding, final norm, head), over all ranks."""
-    mesh = init_device_mesh(env.device.type, (env.world_size,), mesh_dim_names=("dp",))
+def apply_fsdp2(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
+    """Shard every block, then the root (embedding, final norm, head), over the dp mesh."""
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
@@ -44,14 +170,15 @@ def apply_fsdp2(model: nn.Module, env: DistEnv, param_dtype: torch.dtype) -> Non
 def parallelize(model: nn.Module, parallel_cfg, train_cfg, env: DistEnv,
                 param_dtype: torch.dtype = torch.float32) -> nn.Module:
     """Apply the configured parallelism to `model` (already on env.device); returns the module
-    to call. With backend none and several ranks, the model is replicated with DDP.
+    to call. With backend none, tp = 1 and several ranks, the model is replicated with DDP.
 
     Example:
         >>> model = parallelize(build_model(cfg.model, cfg.ops, device), cfg.parallel, cfg.train, env)
     """
-    if parallel_cfg.tp != 1:
-        raise ValueError(f"parallel.tp={parallel_cfg.tp}: tensor parallelism is not available in this "
-                         "version; set parallel.tp=1")
+    dp, tp = mesh_shape(parallel_cfg, env.world_size)
+    mesh = init_device_mesh(env.device.type, (dp, tp), mesh_dim_names=("dp", "tp")) if tp > 1 else None
+    if tp > 1:
+        apply_tensor_parallel(model, mesh["tp"])
     if train_cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     if train_cfg.compile:
@@ -59,8 +186,10 @@ def parallelize(model: nn.Module, parallel_cfg, train_cfg, env: DistEnv,
     if parallel_cfg.backend == "deepspeed":
         return model  # DeepSpeed's engine partitions and reduces (training/deepspeed_engine.py)
     if parallel_cfg.backend == "fsdp2":
-        apply_fsdp2(model, env, param_dtype)
-    elif parallel_cfg.backend == "none" and env.distributed:
+        dp_mesh = mesh["dp"] if mesh is not None else init_device_mesh(
+            env.device.type, (dp,), mesh_dim_names=("dp",))
+        apply_fsdp2(model, dp_mesh, param_dtype)
+    elif parallel_cfg.backend == "none" and dp > 1:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
     return model

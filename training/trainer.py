@@ -17,6 +17,7 @@ from training.checkpointing import CheckpointError, CheckpointManager, read_mani
 from training.distributed import DistEnv
 from training.engines import build_engine
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
+from training.parallelize import data_parallel_rank
 from training.stability import NonFiniteGuard, TrainingDiverged
 from training.tracking import MlflowTracker, default_tracking_uri, flatten
 from training.validation import ValidationWindows
@@ -78,13 +79,16 @@ class Trainer:
         self.cfg, self.env, self.config_name = cfg, env, config_name
         tc = cfg.train
         self.out_dir = Path(tc.out_dir)
-        self.accum = gradient_accumulation_steps(tc, env.world_size)
+        # the tensor-parallel ranks of one data-parallel group read the same batches
+        self.dp_rank, self.dp_size = data_parallel_rank(cfg.parallel, env)
+        self.accum = gradient_accumulation_steps(tc, self.dp_size)
         self.dtype = compute_dtype(tc, env.device)
         torch.manual_seed(tc.seed)  # identical init on every rank (FSDP2/ZeRO shard a full model)
         self.model = build_model(cfg.model, cfg.ops, device=env.device)
         self.engine = build_engine(self.model, cfg, env, self.accum, self.dtype)
-        self.stream = build_train_stream(cfg.data, env.rank, env.world_size, tc.micro_batch_size)
-        self.validation = (ValidationWindows(cfg.data, tc.micro_batch_size, tc.eval_batches, env)
+        self.stream = build_train_stream(cfg.data, self.dp_rank, self.dp_size, tc.micro_batch_size)
+        self.validation = (ValidationWindows(cfg.data, tc.micro_batch_size, tc.eval_batches, env,
+                                             (self.dp_rank, self.dp_size))
                            if tc.eval_every > 0 else None)
         self.guard = NonFiniteGuard(tc.max_bad_steps)
         self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", cfg.checkpoint.keep_last,

@@ -12,20 +12,23 @@ class ValidationWindows:
     documents in file order; every rank runs the same number of forward passes (FSDP2 needs
     that) and the loss is averaged over all ranks' tokens."""
 
-    def __init__(self, data_cfg, micro_batch_size: int, batches: int, env: DistEnv):
+    def __init__(self, data_cfg, micro_batch_size: int, batches: int, env: DistEnv,
+                 data_parallel: tuple[int, int] | None = None):
+        # (rank, ranks) of data parallelism; tensor-parallel peers take the same windows
         self.env = env
+        rank, ranks = data_parallel or (env.rank, env.world_size)
         window = data_cfg.seq_len + 1
         per_rank = micro_batch_size * batches
-        needed = per_rank * env.world_size * window
+        needed = per_rank * ranks * window
         docs = [doc["tokens"] for doc in build_val_stream(data_cfg, "val", max_tokens=needed)]
         tokens = torch.cat(docs) if docs else torch.empty(0, dtype=torch.long)
         usable = len(tokens) // window
-        if usable < env.world_size * micro_batch_size:
+        if usable < ranks * micro_batch_size:
             raise ValueError(f"data.val_path={data_cfg.val_path} holds {len(tokens)} tokens, fewer than one "
                              f"micro-batch of {micro_batch_size} x {window} per rank; use a larger split")
-        per_rank = min(per_rank, usable // env.world_size) // micro_batch_size * micro_batch_size
+        per_rank = min(per_rank, usable // ranks) // micro_batch_size * micro_batch_size
         windows = tokens[: usable * window].view(usable, window)
-        mine = windows[env.rank * per_rank:(env.rank + 1) * per_rank]
+        mine = windows[rank * per_rank:(rank + 1) * per_rank]
         self.batches = list(mine.split(micro_batch_size))
 
     @torch.no_grad()
