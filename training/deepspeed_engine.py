@@ -98,7 +98,8 @@ class DeepSpeedEngine:
         model = parallelize(model, cfg.parallel, tc, env, param_dtype)  # checkpointing, compile
         self.optimizer = build_optimizer(model, oc)
         self.rewarm = Rewarm(oc.rewarm_steps)
-        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio, self.rewarm)
+        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio,
+                                            self.rewarm)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
         self.engine.checkpoint_engine.load = weights_only_load
         self.model = self.net = self.engine

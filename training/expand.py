@@ -5,8 +5,9 @@ The parent is a checkpoint directory (DCP from single/DDP/FSDP2 runs, or DeepSpe
 world size) or a consolidated safetensors export. Weights grow function-preservingly
 (model/expand.py). AdamW moments: each old entry keeps its moments (sliced into the grown tensor),
 new entries start at zero; a grown tensor keeps its step count, a new layer's tensors start at
-step 0. Sources without per-parameter moments (an export, ZeRO partitions) start every moment at
-zero, and the lineage says so. The output directory is a run directory:
+step 0. ZeRO moments are gathered from their partitions like the weights; a safetensors export
+holds none, so every moment starts at zero there, and the lineage says so. The output directory
+is a run directory:
 
     DIR/config.yaml                        the target run config (train.out_dir=DIR)
     DIR/checkpoints/step-<parent step>/    model + optimizer + data position + lineage
@@ -95,12 +96,50 @@ def load_parent(source: str | Path) -> Parent:
         weights = {name: t.detach() for name, t in model.state_dict().items()}
         moments = {name: optimizer.state[param] for name, param in model.named_parameters()}
     elif manifest.get("format") == "deepspeed":
-        weights = consolidate_zero(path)
+        weights = {name: t.detach() for name, t in consolidate_zero(path).items()}
+        moments = zero_moments(path, weights)
         extras = torch.load(path / "rank0.pt", weights_only=True)
     else:
         raise CheckpointError(f"{path}: unknown checkpoint format {manifest.get('format')!r}")
     return Parent(path, model_cfg, config, int(manifest["step"]), weights, moments, extras,
                   content_sha256(path), manifest.get("mlflow_run_id"))
+
+
+def zero_moments(path: Path, weights: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-parameter AdamW moments of a ZeRO 1/2/3 checkpoint: DeepSpeed's own consolidation
+    (zero_to_fp32) run over each moment's flat partitions in place of the fp32 weights', which
+    have the same layout (the moments' trailing alignment padding cut off)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from training.deepspeed_engine import TAG, weights_only_load
+
+    gathered, steps = {}, []
+    for moment in MOMENTS:
+        original = torch.load
+        torch.load = lambda f, map_location=None, _moment=moment, **_: _moment_as_weights(
+            weights_only_load(f, map_location), _moment, steps)
+        try:
+            gathered[moment] = get_fp32_state_dict_from_zero_checkpoint(str(path / "deepspeed"), tag=TAG)
+        finally:
+            torch.load = original
+    step = torch.tensor(float(steps[0]) if steps else 0.0)
+    return {name: {"exp_avg": gathered["exp_avg"][name].detach(),
+                   "exp_avg_sq": gathered["exp_avg_sq"][name].detach(), "step": step.clone()}
+            for name in weights}
+
+
+def _moment_as_weights(state, moment: str, steps: list):
+    optim = state.get("optimizer_state_dict") if isinstance(state, dict) else None
+    if not isinstance(optim, dict):
+        return state   # a model-states file
+    if "fp32_flat_groups" in optim:                        # ZeRO-3
+        key, base = "fp32_flat_groups", optim["optimizer_state_dict"]
+    else:                                                  # ZeRO-1/2
+        key, base = "single_partition_of_fp32_groups", optim["base_optimizer_state"]
+    groups = base if isinstance(base, list) else [base["state"][i] for i in sorted(base["state"])]
+    steps.append(groups[0]["step"])
+    optim[key] = [group[moment].reshape(-1)[: flat.numel()] for group, flat in zip(groups, optim[key])]
+    return state
 
 
 def _load_export(path: Path) -> Parent:
@@ -171,8 +210,7 @@ def grow_optimizer_state(optimizer, model, parent: Parent, old_shapes: dict) -> 
                 state["step"] = old["step"].detach().clone().float()
         optimizer.state[param] = state
     if parent.moments is None:
-        return ("reset: the parent holds no per-parameter AdamW moments (a safetensors export or "
-                "ZeRO partitions), every moment starts at zero")
+        return ("reset: a safetensors export holds no AdamW moments, every moment starts at zero")
     return "kept: old entries keep their AdamW moments, new entries start at zero"
 
 

@@ -43,7 +43,8 @@ class Rewarm:
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                       min_lr_ratio: float, rewarm: Rewarm | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+                       min_lr_ratio: float,
+                       rewarm: Rewarm | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over every parameter group; per-group lr multipliers (w0 at 2x) are kept
     because LambdaLR scales each group's own initial lr. `rewarm` (read at every step) scales
     the schedule after an expansion."""

@@ -52,9 +52,10 @@ def check_resume_compatible(path: Path, cfg, world_size: int) -> None:
     if saved_model is not None and saved_model != wanted_model:
         changed = sorted(k for k in set(saved_model) | set(wanted_model)
                          if saved_model.get(k) != wanted_model.get(k))
+        saved = ", ".join(f"model.{k}={saved_model.get(k)!r}" for k in changed)
         raise CheckpointError(
-            f"{path} holds a different model ({', '.join(f'model.{k}={saved_model.get(k)!r}' for k in changed)}; "
-            f"this run asks for {', '.join(f'{wanted_model.get(k)!r}' for k in changed)}); resume with the "
+            f"{path} holds a different model ({saved}; this run asks for "
+            f"{', '.join(f'{wanted_model.get(k)!r}' for k in changed)}); resume with the "
             "checkpoint's model, or grow it first with `metastate expand`")
     saved_format, saved_world = manifest.get("format"), manifest.get("world_size")
     wanted = "deepspeed" if cfg.parallel.backend == "deepspeed" else "dcp"
