@@ -50,6 +50,7 @@ MINIMUMS: dict[str, float] = {
     "ops.chunk_size": 1,
     "data.seq_len": 1, "data.num_workers": 0, "data.prefetch_factor": 1,
     "optim.min_lr_ratio": 0, "optim.weight_decay": 0, "optim.warmup_steps": 0,
+    "optim.rewarm_steps": 0,
     "optim.grad_clip": 0,
     "train.steps": 1, "train.global_batch_size": 1, "train.micro_batch_size": 1,
     "train.eval_every": 0, "train.eval_batches": 1, "train.log_every": 1,

@@ -1,4 +1,4 @@
-"""`metastate train` and `metastate export`."""
+"""`metastate train`, `metastate export` and `metastate expand`."""
 
 import argparse
 import logging
@@ -31,6 +31,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--format", choices=["safetensors"], default="safetensors")
     export.add_argument("--output", default=None, help="output file (default: inside the checkpoint)")
     export.set_defaults(func=export_command)
+
+    expand = subparsers.add_parser(
+        "expand", help="grow a trained checkpoint into a larger model with the same function",
+        description="Progressive state expansion: new layers and state heads with official init "
+                    "and zero output projections; writes a checkpoint that `metastate train "
+                    "DIR/config.yaml` (or any config with the target model and train.resume=DIR) "
+                    "continues.",
+        epilog="example: metastate expand runs/small --to metastate-450m --output runs/grown")
+    expand.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="a step-NNNNNNNN directory, its checkpoints/ folder, a run directory "
+                             "or a safetensors export")
+    expand.add_argument("--to", required=True, metavar="PRESET_OR_CONFIG",
+                        help="a model preset (metastate-450m) or a run config (preset name or YAML)")
+    expand.add_argument("--output", required=True, metavar="DIR", help="new run directory")
+    expand.add_argument("--config", default=None, metavar="RUN_CONFIG",
+                        help="run config around a model preset --to (default: the parent's own)")
+    expand.add_argument("--freeze-old", action="store_true",
+                        help="train only the new entries; the parent's stay bit-identical")
+    expand.add_argument("--seed", type=int, default=0, help="seed of the new entries' init")
+    expand.set_defaults(func=expand_command)
 
 
 def preflight(cfg, world_size: int) -> None:
@@ -96,4 +116,19 @@ def export_command(args: argparse.Namespace) -> int:
         print(f"export: {err}", file=sys.stderr)
         return 2
     print(path)
+    return 0
+
+
+def expand_command(args: argparse.Namespace) -> int:
+    """Example: `metastate expand runs/small --to metastate-450m --output runs/grown --freeze-old`."""
+    from training.expand import expand_checkpoint
+
+    try:
+        path = expand_checkpoint(args.checkpoint, args.to, args.output, freeze_old=args.freeze_old,
+                                 seed=args.seed, config=args.config)
+    except (ValueError, CheckpointError) as err:
+        print(f"expand: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    print(f"continue with: metastate train {Path(args.output) / 'config.yaml'} train.steps=<total steps>")
     return 0

@@ -23,6 +23,8 @@ class OptimConfig:
     weight_decay: float = 0.1          # applied to 2-D `.weight` matrices only
     w0_lr_mult: float = 2.0            # the decay bias w0 trains at this multiple of lr
     warmup_steps: int = 100
+    rewarm_steps: int = 100            # after `metastate expand`: lr ramps up again over this many
+                                       # steps from the expansion step; 0 = no re-warm
     grad_clip: float = 1.0             # global grad-norm clip; 0 disables clipping
 
 

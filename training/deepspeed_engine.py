@@ -17,7 +17,7 @@ import torch
 from training.distributed import DistEnv
 from training.engines import build_optimizer
 from training.parallelize import parallelize
-from training.schedule import build_lr_scheduler
+from training.schedule import Rewarm, build_lr_scheduler
 from training.stability import NonFiniteGuard
 from training.train_state import load_rank_extras, save_rank_extras
 
@@ -97,7 +97,9 @@ class DeepSpeedEngine:
         # param-group dicts, so the lr set here is the lr applied.
         model = parallelize(model, cfg.parallel, tc, env, param_dtype)  # checkpointing, compile
         self.optimizer = build_optimizer(model, oc)
-        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio)
+        self.rewarm = Rewarm(oc.rewarm_steps)
+        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio,
+                                            self.rewarm)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
         self.engine.checkpoint_engine.load = weights_only_load
         self.model = self.net = self.engine

@@ -11,7 +11,7 @@ import torch
 from model import parameter_groups
 from training.distributed import DistEnv
 from training.parallelize import parallelize
-from training.schedule import build_lr_scheduler
+from training.schedule import Rewarm, build_lr_scheduler
 from training.stability import NonFiniteGuard
 from training.train_state import load_train_state, save_train_state
 
@@ -34,7 +34,9 @@ class TorchEngine:
         self.net = parallelize(model, cfg.parallel, cfg.train, env, param_dtype=param_dtype)
         self.optimizer = build_optimizer(model, cfg.optim)
         oc = cfg.optim
-        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, cfg.train.steps, oc.min_lr_ratio)
+        self.rewarm = Rewarm(oc.rewarm_steps)
+        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, cfg.train.steps, oc.min_lr_ratio,
+                                            self.rewarm)
         self.grad_clip = oc.grad_clip if oc.grad_clip > 0 else math.inf
 
     def accumulating(self, last_micro_batch: bool):

@@ -29,7 +29,7 @@ def export_safetensors(checkpoint: str | Path, output: str | Path | None = None)
         safe_dcp.load(state, path / "dcp")
         weights = state["model"]
     elif manifest.get("format") == "deepspeed":
-        weights = _consolidate_zero(path)
+        weights = consolidate_zero(path)
     else:
         raise CheckpointError(f"{path}: unknown checkpoint format {manifest.get('format')!r}")
     missing = sorted(set(model.state_dict()) - set(weights))
@@ -44,7 +44,7 @@ def export_safetensors(checkpoint: str | Path, output: str | Path | None = None)
     return output
 
 
-def _consolidate_zero(path: Path) -> dict[str, torch.Tensor]:
+def consolidate_zero(path: Path) -> dict[str, torch.Tensor]:
     """Gather a ZeRO 1/2/3 checkpoint's partitions into full fp32 weights (DeepSpeed's own tool,
     with its file reads forced to weights-only)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -19,9 +19,51 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class Rewarm:
+    """The lr re-warm after a state expansion (`metastate expand`): from step `start` (the
+    parent's step, set when a run resumes an expanded checkpoint) the schedule's lr is scaled by
+    a linear ramp (step - start + 1) / steps up to 1; before `start`, or with steps = 0, by 1.
+
+    Example:
+        >>> rewarm = Rewarm(4); rewarm.start = 100
+        >>> [rewarm.factor(s) for s in (99, 100, 103, 104)]
+        [1.0, 0.25, 1.0, 1.0]
+    """
+
+    def __init__(self, steps: int):
+        if steps < 0:
+            raise ValueError(f"optim.rewarm_steps={steps} must be >= 0 (0 = no re-warm)")
+        self.steps = steps
+        self.start: int | None = None
+
+    def factor(self, step: int) -> float:
+        if self.start is None or self.steps == 0 or step < self.start:
+            return 1.0
+        return min(1.0, (step - self.start + 1) / self.steps)
+
+
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                       min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+                       min_lr_ratio: float,
+                       rewarm: Rewarm | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over every parameter group; per-group lr multipliers (w0 at 2x) are kept
-    because LambdaLR scales each group's own initial lr."""
+    because LambdaLR scales each group's own initial lr. `rewarm` (read at every step) scales
+    the schedule after an expansion."""
+    rewarm = rewarm or Rewarm(0)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, warmup_steps, total_steps, min_lr_ratio))
+        optimizer,
+        lambda step: lr_multiplier(step, warmup_steps, total_steps, min_lr_ratio) * rewarm.factor(step))
+
+
+def start_rewarm(scheduler: torch.optim.lr_scheduler.LambdaLR, rewarm: Rewarm, start: int) -> None:
+    """Begin the re-warm at step `start` and apply it to the lr of the coming step at once (a
+    resumed scheduler's groups still hold the lr computed before the re-warm was known)."""
+    rewarm.start = start
+    move_schedule_to(scheduler, scheduler.last_epoch)
+
+
+def move_schedule_to(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put the schedule at optimizer step `step` and set every group's lr to that step's."""
+    scheduler.last_epoch = step
+    for group, base_lr, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * fn(step)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

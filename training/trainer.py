@@ -16,8 +16,10 @@ from model import build_model, model_size
 from training.checkpointing import CheckpointError, CheckpointManager, read_manifest, resolve_resume
 from training.distributed import DistEnv
 from training.engines import build_engine
+from training.lineage import FreezeOld, lineage_tags
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
 from training.parallelize import data_parallel_rank
+from training.schedule import start_rewarm
 from training.stability import NonFiniteGuard, TrainingDiverged
 from training.tracking import MlflowTracker, default_tracking_uri, flatten
 from training.validation import ValidationWindows
@@ -46,6 +48,16 @@ def check_resume_compatible(path: Path, cfg, world_size: int) -> None:
     """A checkpoint resumes only under a backend that reads its format; DeepSpeed's ZeRO
     partitions also need the same world size (DCP checkpoints reshard to any)."""
     manifest = read_manifest(path)
+    saved_model = manifest.get("config", {}).get("model")
+    wanted_model = OmegaConf.to_container(cfg.model, resolve=True)
+    if saved_model is not None and saved_model != wanted_model:
+        changed = sorted(k for k in set(saved_model) | set(wanted_model)
+                         if saved_model.get(k) != wanted_model.get(k))
+        saved = ", ".join(f"model.{k}={saved_model.get(k)!r}" for k in changed)
+        raise CheckpointError(
+            f"{path} holds a different model ({saved}; this run asks for "
+            f"{', '.join(f'{wanted_model.get(k)!r}' for k in changed)}); resume with the "
+            "checkpoint's model, or grow it first with `metastate expand`")
     saved_format, saved_world = manifest.get("format"), manifest.get("world_size")
     wanted = "deepspeed" if cfg.parallel.backend == "deepspeed" else "dcp"
     if saved_format != wanted:
@@ -100,6 +112,8 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.last_val_loss: float | None = None
+        self.lineage: dict | None = None      # set when this run descends from `metastate expand`
+        self.freeze: FreezeOld | None = None  # set when that expansion asked for --freeze-old
         self._resume(resolve_resume(tc.resume, self.out_dir / "checkpoints"))
 
     # ------------------------------------------------------------------ resume / save
@@ -115,6 +129,7 @@ class Trainer:
             manifest = read_manifest(path)
             run_id = manifest.get("mlflow_run_id")
             self.last_val_loss = manifest.get("val_loss")
+            self._continue_lineage(manifest.get("lineage"))
             log.info("resumed from %s at step %d", path, self.step)
         config = OmegaConf.to_container(self.cfg, resolve=True)
         if self.env.is_rank0:
@@ -122,9 +137,22 @@ class Trainer:
             (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
         tags = {"family": self.cfg.model.family, "world_size": self.env.world_size,
                 "parallel": self.cfg.parallel.backend, "git_commit": git_commit(),
-                "preset": self.config_name or "custom"}
+                "preset": self.config_name or "custom", **lineage_tags(self.lineage)}
         self.tracker.start(params=flatten(config), tags=tags, run_id=run_id)
         self.tracker.log_artifact(self.out_dir / "config.yaml")
+
+    def _continue_lineage(self, lineage: dict | None) -> None:
+        """A run grown by `metastate expand`: re-warm the lr from the expansion step, keep the old
+        entries frozen if asked, and carry the lineage into this run's checkpoints."""
+        if not lineage:
+            return
+        self.lineage = lineage
+        start_rewarm(self.engine.scheduler, self.engine.rewarm, int(lineage["parent_step"]))
+        if lineage.get("freeze_old"):
+            if self.cfg.parallel.backend != "none":
+                raise CheckpointError(f"this checkpoint was expanded with --freeze-old, which trains "
+                                      f"with parallel.backend=none only (got {self.cfg.parallel.backend})")
+            self.freeze = FreezeOld(self.model, lineage["old_shapes"])
 
     def save_checkpoint(self) -> Path:
         data_state = self.stream.state_dict()  # a collective for raw jsonl streams: every rank calls it
@@ -133,7 +161,8 @@ class Trainer:
         self.tracker.flush()  # so the run exists and its id goes into the manifest when possible
         manifest = {"config": OmegaConf.to_container(self.cfg, resolve=True), "tokens_seen": self.tokens_seen,
                     "mlflow_run_id": self.tracker.run_id, "world_size": self.env.world_size,
-                    "format": self.engine.checkpoint_format, "val_loss": self.last_val_loss}
+                    "format": self.engine.checkpoint_format, "val_loss": self.last_val_loss,
+                    "lineage": self.lineage}
         path = self.checkpoints.save(self.step, lambda d: self.engine.save(d, extras), manifest)
         if self.env.is_rank0:
             copy = self.out_dir / "manifests" / f"{path.name}.json"
@@ -162,7 +191,11 @@ class Trainer:
             loss_sum += loss.detach()
         loss_value = self.env.all_reduce_sum(loss_sum / self.accum).item() / self.env.world_size
         lr = self.engine.lr
+        if self.freeze is not None:
+            self.freeze.mask_grads()
         grad_norm = self.engine.step(loss_value, self.guard, self.step + 1)
+        if self.freeze is not None:
+            self.freeze.restore()
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 "skipped_steps": float(self.guard.skipped_total)}
 
