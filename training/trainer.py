@@ -17,6 +17,7 @@ from training.checkpointing import CheckpointError, CheckpointManager, read_mani
 from training.distributed import DistEnv
 from training.engines import build_engine
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
+from training.preemption import PreemptionHandler, StopRequest
 from training.stability import NonFiniteGuard, TrainingDiverged
 from training.tracking import MlflowTracker, default_tracking_uri, flatten
 from training.validation import ValidationWindows
@@ -76,6 +77,9 @@ class Trainer:
 
     def __init__(self, cfg, env: DistEnv, config_name: str = ""):
         self.cfg, self.env, self.config_name = cfg, env, config_name
+        # first, so that SIGUSR1 during model build or resume is a request, not the default kill
+        self.preemption = PreemptionHandler(env.all_reduce_sum).install()
+        self.stop_request: StopRequest | None = None
         tc = cfg.train
         self.out_dir = Path(tc.out_dir)
         self.accum = gradient_accumulation_steps(tc, env.world_size)
@@ -185,15 +189,25 @@ class Trainer:
                 self.tracker.log_metrics(self.step, metrics)
                 self.metrics_log.write(self.step, metrics)
                 progress.update(self.step, metrics)
-                if (ckpt.every > 0 and self.step % ckpt.every == 0) or self.step == last_step:
+                saved = (ckpt.every > 0 and self.step % ckpt.every == 0) or self.step == last_step
+                if saved:
                     path = self.save_checkpoint()
                     progress.message(f"step {self.step}: checkpoint {path}")
-            status = "FINISHED"
+                if self.step < last_step:
+                    self.stop_request = self.preemption.poll()  # one collective, every rank
+                if self.stop_request is not None:
+                    if not saved:
+                        path = self.save_checkpoint()
+                    progress.message(f"step {self.step}: {self.stop_request.signal_name} received; "
+                                     f"checkpoint {path}, stopping")
+                    break
+            status = "FINISHED" if self.stop_request is None else "KILLED"
         except TrainingDiverged as err:
             progress.message(f"stopped: {err}")
             raise
         finally:
             progress.close()
+            self.preemption.close()
             self.tracker.finish(status)
         return {**metrics, "step": self.step, "val_loss": self.last_val_loss}
 
