@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -191,13 +192,12 @@ class Trainer:
                 progress.update(self.step, metrics)
                 saved = (ckpt.every > 0 and self.step % ckpt.every == 0) or self.step == last_step
                 if saved:
-                    path = self.save_checkpoint()
-                    progress.message(f"step {self.step}: checkpoint {path}")
+                    path = self._save_and_report(progress)
                 if self.step < last_step:
                     self.stop_request = self.preemption.poll()  # one collective, every rank
                 if self.stop_request is not None:
                     if not saved:
-                        path = self.save_checkpoint()
+                        path = self._save_and_report(progress)
                     progress.message(f"step {self.step}: {self.stop_request.signal_name} received; "
                                      f"checkpoint {path}, stopping")
                     break
@@ -210,6 +210,13 @@ class Trainer:
             self.preemption.close()
             self.tracker.finish(status)
         return {**metrics, "step": self.step, "val_loss": self.last_val_loss}
+
+    def _save_and_report(self, progress: ProgressReporter) -> Path:
+        # the write time is what launch.signal_grace_s must cover (docs/slurm.md)
+        start = time.perf_counter()
+        path = self.save_checkpoint()
+        progress.message(f"step {self.step}: checkpoint {path} ({time.perf_counter() - start:.1f} s)")
+        return path
 
     def how_to_view(self) -> str:
         uri = self.cfg.tracking.uri or default_tracking_uri(self.out_dir)

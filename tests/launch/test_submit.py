@@ -131,7 +131,7 @@ def test_launch_local_checks_the_run_before_starting_torchrun(tmp_path, capsys):
 # real jobs
 
 
-STEPS = 30
+STEPS = 12
 RUN = [*TINY, f"train.steps={STEPS}", "checkpoint.every=100"]
 
 
