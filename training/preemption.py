@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,10 @@ class PreemptionHandler:
         self._previous: dict[int, object] = {}
 
     def install(self) -> "PreemptionHandler":
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("trainer built outside the main thread: SIGUSR1/SIGTERM keep their default "
+                        "action (no checkpoint before the process ends)")
+            return self
         for sig in self._seen:
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self

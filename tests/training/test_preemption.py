@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -83,3 +84,11 @@ def test_train_command_exits_with_the_preempted_code_after_sigusr1(tmp_path):
     last_logged = max(MetricsLog.read(out / "metrics.jsonl"))
     assert f"train: stopped at step {last_logged} on SIGUSR1 with a checkpoint; not under SLURM" in stderr
     assert read_manifest(find_latest(out / "checkpoints"))["step"] == last_logged < 500
+
+
+def test_outside_the_main_thread_install_leaves_the_handlers_alone():
+    before = signal.getsignal(signal.SIGUSR1)
+    worker = threading.Thread(target=lambda: PreemptionHandler(lambda flags: flags).install())
+    worker.start()
+    worker.join()
+    assert signal.getsignal(signal.SIGUSR1) is before
