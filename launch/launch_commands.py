@@ -8,7 +8,14 @@ from pathlib import Path
 
 from launch.presets import ConfigError
 from launch.run_config import load_run_config, to_yaml
-from launch.slurm import check_before_start, log_dir, render_sbatch, submit_script, world_size
+from launch.slurm import (
+    check_before_start,
+    log_dir,
+    render_sbatch,
+    shutdown_timeout_s,
+    submit_script,
+    world_size,
+)
 
 # torchrun's agent forwards these to its workers (SIGUSR1 is not in its default list), so a
 # signal sent to the agent reaches the trainer's handler (training/preemption.py)
@@ -109,6 +116,6 @@ def launch_local_command(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                f"--signals-to-handle={FORWARDED_SIGNALS}", "-m", "launch.cli", "train", args.config,
                *args.overrides]
-    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(cfg.launch.signal_grace_s)}
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(shutdown_timeout_s(cfg.launch))}
     sys.stdout.flush()
     os.execve(sys.executable, command, env)

@@ -19,7 +19,14 @@ from training.checkpointing import CheckpointError
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
 PLACEHOLDERS = ("JOB_NAME", "NODES", "NPROC_PER_NODE", "LOG_DIR", "SBATCH_OPTIONS", "WORKDIR",
-                "SIGNAL_GRACE_S", "PYTHON", "TRAIN_ARGS")
+                "SHUTDOWN_TIMEOUT_S", "PYTHON", "TRAIN_ARGS")
+TORCHRUN_SHUTDOWN_TIMEOUT_S = 30       # torchrun's own default
+
+
+def shutdown_timeout_s(launch_cfg) -> int:
+    """How long torchrun waits for its ranks to checkpoint after forwarding a signal: the grace
+    (0 = no early signal, but a SIGTERM still deserves torchrun's default 30 s)."""
+    return launch_cfg.signal_grace_s or TORCHRUN_SHUTDOWN_TIMEOUT_S
 
 
 def world_size(launch_cfg) -> int:
@@ -100,7 +107,7 @@ def render_sbatch(cfg, config: str, overrides: list[str], workdir: Path | None =
         "LOG_DIR": shlex.quote(str(log_dir(cfg, workdir))),
         "SBATCH_OPTIONS": "\n".join(f"#SBATCH {option}" for option in sbatch_options(lc)),
         "WORKDIR": shlex.quote(str(workdir)),
-        "SIGNAL_GRACE_S": str(lc.signal_grace_s),
+        "SHUTDOWN_TIMEOUT_S": str(shutdown_timeout_s(lc)),
         "PYTHON": shlex.quote(sys.executable),
         "TRAIN_ARGS": shlex.join([config, *overrides]),
     }

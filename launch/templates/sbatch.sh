@@ -22,7 +22,7 @@ rdzv_port=$(( 20000 + SLURM_JOB_ID % 20000 ))
 
 # SLURM signals every task of the step, i.e. each node's torchrun agent; torchrun forwards
 # SIGUSR1/SIGTERM to its workers and gives them this long to checkpoint before SIGKILL.
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={{SIGNAL_GRACE_S}}
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={{SHUTDOWN_TIMEOUT_S}}
 exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 \
   {{PYTHON}} -m torch.distributed.run \
     --nnodes={{NODES}} --nproc-per-node={{NPROC_PER_NODE}} \

@@ -69,6 +69,15 @@ def test_dry_run_prints_a_valid_script_and_the_config_and_submits_nothing(tmp_pa
     assert not (out / "slurm").exists()  # nothing written but the probed checkpoint dir
 
 
+def test_zero_grace_sends_no_early_signal_but_torchrun_still_waits_for_the_checkpoint(tmp_path, capsys):
+    code = main(["submit", "smoke", *TINY, f"train.out_dir={tmp_path / 'run'}", "launch.signal_grace_s=0",
+                 "--dry-run"])
+    script = capsys.readouterr().out.split("# ---- resolved config ----")[0]
+    assert code == 0
+    assert "--signal" not in script.replace("--signals-to-handle", "")
+    assert "export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=30" in script.splitlines()
+
+
 def test_a_user_template_is_rendered(tmp_path, capsys):
     template = tmp_path / "my.sbatch"
     template.write_text("#!/bin/bash\n#SBATCH --nodes={{NODES}}\n{{SBATCH_OPTIONS}}\n"
