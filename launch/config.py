@@ -8,6 +8,8 @@ from dataclasses import dataclass
 class LaunchConfig:
     nodes: int = 1                     # SLURM nodes (--nodes)
     gpus_per_node: int = 1             # ranks per node; on CPU-only nodes, gloo ranks per node
+    request_gpus: bool = True          # --gpus-per-node to SLURM; false on CPU-only nodes (gloo)
+    cpus_per_node: int = 0             # --cpus-per-task of the one task per node; 0 = cluster default
     partition: str = ""                # --partition; "" = the cluster default
     time: str = "01:00:00"             # --time: MM | MM:SS | HH:MM:SS | D-HH[:MM[:SS]]
     account: str = ""                  # --account; "" = the user's default

@@ -58,6 +58,7 @@ MINIMUMS: dict[str, float] = {
     "parallel.tp": 1,
     "checkpoint.every": 0, "checkpoint.keep_last": 0,
     "launch.nodes": 1, "launch.gpus_per_node": 1, "launch.signal_grace_s": 0,
+    "launch.cpus_per_node": 0,
     "eval.max_tokens": 0, "eval.batch_size": 1,
 }
 

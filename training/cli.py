@@ -81,6 +81,7 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"train: {err}", file=sys.stderr)
         return 2
     from training.distributed import init_distributed, shutdown_distributed
+    from training.preemption import PREEMPTED_EXIT_CODE, requeue_slurm_job
     from training.stability import TrainingDiverged
     from training.trainer import Trainer
 
@@ -90,6 +91,13 @@ def train_command(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, env, config_name=Path(args.config).stem)
         result = trainer.run()
+        request = trainer.stop_request
+        if request is not None and env.is_rank0:
+            # before the barrier: once a peer exits, srun may kill this node's processes; every
+            # rank's part of the checkpoint is on disk once save_checkpoint has returned
+            outcome = requeue_slurm_job() if request.requeue else "not requeued (SIGTERM means stop)"
+            print(f"train: stopped at step {result['step']} on {request.signal_name} with a "
+                  f"checkpoint; {outcome}", file=sys.stderr, flush=True)
         # No rank tears the process group down while a peer is still inside a collective (a
         # gloo peer vanishing mid-operation aborts the other process).
         env.barrier()
@@ -98,6 +106,8 @@ def train_command(args: argparse.Namespace) -> int:
         return 3
     finally:
         shutdown_distributed()
+    if request is not None:
+        return PREEMPTED_EXIT_CODE
     if env.is_rank0:
         if result.get("val_loss") is not None:
             print(f"final validation loss: {result['val_loss']:.4f} at step {result['step']}")

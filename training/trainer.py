@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from training.engines import build_engine
 from training.lineage import FreezeOld, lineage_tags
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
 from training.parallelize import data_parallel_rank
+from training.preemption import PreemptionHandler, StopRequest
 from training.schedule import start_rewarm
 from training.stability import NonFiniteGuard, TrainingDiverged
 from training.tracking import MlflowTracker, default_tracking_uri, flatten
@@ -89,6 +91,9 @@ class Trainer:
 
     def __init__(self, cfg, env: DistEnv, config_name: str = ""):
         self.cfg, self.env, self.config_name = cfg, env, config_name
+        # first, so that SIGUSR1 during model build or resume is a request, not the default kill
+        self.preemption = PreemptionHandler(env.all_reduce_sum).install()
+        self.stop_request: StopRequest | None = None
         tc = cfg.train
         self.out_dir = Path(tc.out_dir)
         # the tensor-parallel ranks of one data-parallel group read the same batches
@@ -222,17 +227,33 @@ class Trainer:
                 self.tracker.log_metrics(self.step, metrics)
                 self.metrics_log.write(self.step, metrics)
                 progress.update(self.step, metrics)
-                if (ckpt.every > 0 and self.step % ckpt.every == 0) or self.step == last_step:
-                    path = self.save_checkpoint()
-                    progress.message(f"step {self.step}: checkpoint {path}")
-            status = "FINISHED"
+                saved = (ckpt.every > 0 and self.step % ckpt.every == 0) or self.step == last_step
+                if saved:
+                    path = self._save_and_report(progress)
+                if self.step < last_step:
+                    self.stop_request = self.preemption.poll()  # one collective, every rank
+                if self.stop_request is not None:
+                    if not saved:
+                        path = self._save_and_report(progress)
+                    progress.message(f"step {self.step}: {self.stop_request.signal_name} received; "
+                                     f"checkpoint {path}, stopping")
+                    break
+            status = "FINISHED" if self.stop_request is None else "KILLED"
         except TrainingDiverged as err:
             progress.message(f"stopped: {err}")
             raise
         finally:
             progress.close()
+            self.preemption.close()
             self.tracker.finish(status)
         return {**metrics, "step": self.step, "val_loss": self.last_val_loss}
+
+    def _save_and_report(self, progress: ProgressReporter) -> Path:
+        # the write time is what launch.signal_grace_s must cover (docs/slurm.md)
+        start = time.perf_counter()
+        path = self.save_checkpoint()
+        progress.message(f"step {self.step}: checkpoint {path} ({time.perf_counter() - start:.1f} s)")
+        return path
 
     def how_to_view(self) -> str:
         uri = self.cfg.tracking.uri or default_tracking_uri(self.out_dir)
