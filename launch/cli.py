@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from launch.run_config import ConfigError
 
-COMMAND_MODULES = ("launch.config_commands", "model.cli", "data_pipeline.cli", "training.cli")
+COMMAND_MODULES = ("launch.config_commands", "model.cli", "data_pipeline.cli", "training.cli",
+                   "evals.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
