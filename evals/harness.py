@@ -12,6 +12,7 @@ Example:
 """
 
 import codecs
+import logging
 
 import torch
 from lm_eval.api.model import LM
@@ -22,6 +23,8 @@ from data_pipeline.tokenizer import EOS_ID, load_tokenizer
 from evals.checkpoint import load_for_eval
 from evals.heldout import padded_batch, window_losses, with_eos_prefix
 from model.generate import iter_generate
+
+log = logging.getLogger("metastate.harness")
 
 
 @register_model("metastate")
@@ -42,8 +45,12 @@ class MetastateLM(LM):
         if unused:
             raise ValueError(f"metastate model_args: unknown {sorted(unused)}; valid: checkpoint, "
                              "max_length, device, batch_size, seed")
-        loaded = load_for_eval(checkpoint, device or "cpu")
-        self.model, self.device = loaded.model, next(loaded.model.parameters()).device
+        if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            # lm_eval passes device="cuda" unless told otherwise; like its HF model, use the CPU
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            log.info("metastate: evaluating on %s", device)
+        loaded = load_for_eval(checkpoint, device)
+        self.model, self._device = loaded.model, next(loaded.model.parameters()).device
         self.tokenizer = load_tokenizer(loaded.config.get("data", {}).get("tokenizer", "tiktoken"))
         self.max_length = int(max_length or loaded.config.get("data", {}).get("seq_len", 512))
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1  # "auto" -> 1
@@ -59,7 +66,7 @@ class MetastateLM(LM):
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             batch, valid = padded_batch([targets[i] for i in rows])
-            batch = batch.to(self.device)
+            batch = batch.to(self._device)
             with torch.no_grad():
                 losses, greedy = window_losses(self.model, with_eos_prefix(batch), batch, self.max_length)
             for row, index in enumerate(rows):

@@ -112,7 +112,8 @@ def compare_runs(refs: list[str], experiment: str | None = None,
         last_step = max((m.step for m in history["loss"]), default=0)
         label = f"{run.info.run_name or run.info.run_id[:8]} ({run.info.run_id[:8]})"
         rows.append({
-            "run": label, "run_id": run.info.run_id, "family": tags.get("family", params.get("model.family", "?")),
+            "run": label, "run_id": run.info.run_id,
+            "family": tags.get("family", params.get("model.family", "?")),
             "preset": tags.get("preset", "?"), "params": _model_params(params),
             "tokens": last_step * tokens_per_step, "val_loss": metrics.get("val_loss"),
             "bpb": metrics.get(BPB_METRIC), "tokens_per_s": metrics.get("tokens_per_s"),
@@ -135,10 +136,10 @@ def comparison_table(rows: list[dict]) -> str:
               _fmt(r["val_loss"], ".4f"), _fmt(r["bpb"], ".4f"), _fmt(r["tokens_per_s"], ",.0f")]
              for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
-    for c in cells:
-        lines.append("  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
-    return "\n".join(lines)
+    def line(values):  # text columns left-aligned, numbers right-aligned
+        return "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+    return "\n".join(line(values) for values in [headers, *cells])
 
 
 def plot_loss_curves(curves: dict[str, dict], path: str | Path) -> Path:
