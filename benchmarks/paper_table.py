@@ -95,14 +95,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "corpus"),
                         help="Pile-format corpus with train/, val.jsonl.zst, test.jsonl.zst")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=8, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--head-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens scored")
+    parser.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens scored")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
     if not (Path(args.corpus) / "val.jsonl.zst").is_file():

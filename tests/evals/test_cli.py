@@ -28,11 +28,11 @@ def cli(args, capsys):
 
 def test_eval_reports_subsets_bpb_positions_and_logs_to_the_run(trained_run, eval_data, tmp_path):
     png = tmp_path / "positions.png"
-    proc = run_cli(["eval", str(trained_run), "--data", str(eval_data), "--context", "16",
+    proc = run_cli(["eval", str(trained_run), "--data", str(eval_data), "--context", "32",
                     "--json", "--mlflow", "--positions-png", str(png), "--no-progress"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
-    assert out["step"] == 2 and out["family"] == "metastate" and out["context"] == 16
+    assert out["step"] == 2 and out["family"] == "metastate" and out["context"] == 32
     overall = out["overall"]
     assert overall["documents"] == len(DOCS)
     assert overall["bytes"] == sum(len(text.encode("utf-8")) for _, text in DOCS)
@@ -41,7 +41,7 @@ def test_eval_reports_subsets_bpb_positions_and_logs_to_the_run(trained_run, eva
                         / overall["bytes"], rel_tol=1e-9)
     assert set(out["subsets"]) == {"Wikipedia (en)", "Github"}
     assert sum(s["tokens"] for s in out["subsets"].values()) == overall["tokens"]
-    assert any(b["beyond_context"] for b in out["positions"])      # documents longer than 16
+    assert any(b["beyond_context"] for b in out["positions"])      # documents longer than 32
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads(next((trained_run / "checkpoints").glob("step-*/manifest.json")).read_text())
     run = MlflowClient(default_tracking_uri(trained_run)).get_run(manifest["mlflow_run_id"])
