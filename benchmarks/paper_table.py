@@ -10,8 +10,8 @@ non-embedding parameter count matches the metastate model's (which has no feed-f
 Equal tokens: the same steps x batch x seq_len for every model, on the same data order.
 
 Size knobs (all explicit): --steps --batch --seq-len --d-model --layers --head-size --lr
---eval-tokens. The defaults finish in under 30 minutes on a quiet 2-core machine; a shared one
-is slower (the table prints the wall time and load average).
+--eval-tokens. The defaults are sized for under 30 minutes on a quiet 2-core machine (estimated from
+a reduced run, see benchmarks/RESULTS.md); the table prints the wall time and load average.
 
     python benchmarks/paper_table.py                                # the recorded configuration
     python benchmarks/paper_table.py --steps 10 --eval-tokens 4096  # a quick check
@@ -95,14 +95,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "corpus"),
                         help="Pile-format corpus with train/, val.jsonl.zst, test.jsonl.zst")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=8, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--head-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens scored")
+    parser.add_argument("--eval-tokens", type=int, default=8192, help="held-out tokens scored")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
     if not (Path(args.corpus) / "val.jsonl.zst").is_file():

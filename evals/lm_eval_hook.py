@@ -1,27 +1,26 @@
 """Make `lm_eval --model metastate` work with the stock lm-eval command.
 
-lm-eval 0.4 finds models only in its own registry (no entry-point discovery), so a one-line
-`.pth` file in site-packages (written by `python -m evals.lm_eval_hook`, which `make setup` runs)
-calls `install()` at interpreter start. `install()` costs microseconds and imports nothing of
-lm-eval: it waits for `lm_eval.api.registry` to be imported and then registers the name
-`metastate` as a lazy placeholder for `evals.harness:MetastateLM`, so lm-eval imports the adapter
-(and torch) only when that model is asked for.
+lm-eval 0.4 finds models only in its own registry (no entry-point discovery), so
+`python -m evals.lm_eval_hook` (which `make setup` runs) copies this self-contained file into
+site-packages as `metastate_lm_eval_hook.py` with a one-line `.pth` that calls `install()` at
+interpreter start. The copy imports nothing of this project (importing the `evals` package at
+start-up would pin it before PYTHONPATH or sys.path changes could choose a checkout).
+`install()` costs microseconds and imports nothing of lm-eval: it waits for
+`lm_eval.api.registry` to be imported and then registers the name `metastate` as a lazy
+placeholder for `evals.harness:MetastateLM`, so lm-eval imports the adapter (and torch) only when
+that model is asked for.
 """
 
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
-import sysconfig
-from pathlib import Path
 
 MODEL_NAME = "metastate"
 TARGET = "evals.harness:MetastateLM"
 REGISTRY_MODULE = "lm_eval.api.registry"
 PTH_NAME = "metastate-lm-eval.pth"
-# Silent when this checkout has no evals.lm_eval_hook (a .pth line must not break Python).
-PTH_LINE = ('import importlib.util as _u; _u.find_spec("evals.lm_eval_hook") and '
-            '__import__("evals.lm_eval_hook").lm_eval_hook.install()\n')
+COPY_NAME = "metastate_lm_eval_hook"
+PTH_LINE = f"import {COPY_NAME}; {COPY_NAME}.install()\n"
 
 
 def register(registry_module) -> None:
@@ -56,20 +55,30 @@ def install() -> None:
         sys.meta_path.insert(0, _RegistryWatcher())
 
 
-def pth_path() -> Path:
+def pth_path():
+    import sysconfig
+    from pathlib import Path
+
     return Path(sysconfig.get_paths()["purelib"]) / PTH_NAME
 
 
 def is_installed() -> bool:
-    path = pth_path()
-    return path.is_file() and path.read_text() == PTH_LINE
+    """True when this interpreter's site-packages holds the .pth and an up-to-date copy."""
+    from pathlib import Path
+
+    pth, copy = pth_path(), pth_path().with_name(COPY_NAME + ".py")
+    return (pth.is_file() and pth.read_text() == PTH_LINE and copy.is_file()
+            and copy.read_text() == Path(__file__).read_text())
 
 
-def write_pth() -> Path:
-    """Write (or refresh) the .pth file in this interpreter's site-packages."""
-    path = pth_path()
-    path.write_text(PTH_LINE)
-    return path
+def write_pth():
+    """Write (or refresh) the hook copy and its .pth file in this interpreter's site-packages."""
+    from pathlib import Path
+
+    pth = pth_path()
+    pth.with_name(COPY_NAME + ".py").write_text(Path(__file__).read_text())
+    pth.write_text(PTH_LINE)
+    return pth
 
 
 if __name__ == "__main__":
