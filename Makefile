@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	@# lm_eval --model metastate: register the adapter with the stock lm-eval command (no-op without it)
-	@$(BIN)/python -c "import lm_eval" 2>/dev/null && $(BIN)/python -m evals.lm_eval_hook || true
+	@if $(BIN)/python -c "import lm_eval" 2>/dev/null; then $(BIN)/python -m evals.lm_eval_hook; fi
 	@touch $@
 
 setup: $(STAMP)
