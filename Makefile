@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	@# lm_eval --model metastate: register the adapter with the stock lm-eval command (no-op without it)
+	@if $(BIN)/python -c "import lm_eval" 2>/dev/null; then $(BIN)/python -m evals.lm_eval_hook; fi
 	@touch $@
 
 setup: $(STAMP)

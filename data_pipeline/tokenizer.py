@@ -158,6 +158,12 @@ class NeoXTokenizer:
         """Text of `ids` (invalid UTF-8 from a partial multi-byte token becomes U+FFFD)."""
         return b"".join(self._bytes_of[int(i)] for i in ids).decode("utf-8", errors="replace")
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one id stands for (part of a character for some ids; b"" for the padding
+        ids above the vocabulary), for streaming decoders."""
+        token_id = int(token_id)
+        return self._bytes_of[token_id] if 0 <= token_id < VOCAB_SIZE else b""
+
     def _encode_tiktoken(self, text: str) -> list[int]:
         return self._tiktoken.encode(text, allowed_special=_SPECIAL_TEXTS, disallowed_special=())
 

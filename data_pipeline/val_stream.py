@@ -16,7 +16,8 @@ SPLITS = ("val", "test")
 
 def build_val_stream(data_cfg, split: str = "val", rank: int = 0, world_size: int = 1,
                      max_tokens: int = 0) -> "ValStream":
-    """Documents of the held-out split as `{"tokens", "pile_set_name", "doc_index"}` dicts.
+    """Documents of the held-out split as `{"tokens", "pile_set_name", "doc_index", "n_bytes"}`
+    dicts (`n_bytes`: the UTF-8 length of the text, for tokenizer-independent bits per byte).
 
     `tokens` is a LongTensor of the document's ids followed by EOS; `max_tokens` > 0 stops after
     that many tokens (counted on this rank). Example:
@@ -59,7 +60,8 @@ class ValStream:
                 self.stats.add("tokens", len(ids))
                 delivered += 1
                 yield {"tokens": torch.from_numpy(ids.astype("int64")),
-                       "pile_set_name": document.pile_set_name, "doc_index": index}
+                       "pile_set_name": document.pile_set_name, "doc_index": index,
+                       "n_bytes": len(document.text.encode("utf-8"))}
                 if self.max_tokens and self.stats["tokens"] >= self.max_tokens:
                     return
         if doc_index == 0:

@@ -9,4 +9,9 @@ EVAL_SPLITS = ("val", "test")
 class EvalConfig:
     split: str = "val"                 # val | test: which held-out file of the data section
     max_tokens: int = 0                # stop after this many tokens; 0 = the whole split
-    batch_size: int = 8                # sequences per forward pass
+    batch_size: int = 8                # documents per forward pass
+    # Tokens per forward window; 0 = the checkpoint's data.seq_len. Recurrent families carry
+    # their state across windows (true long context); the transformer slides a window of this
+    # length forward by `stride` tokens and scores only the new ones.
+    context: int = 0
+    stride: int = 0                    # transformer only; 0 = context // 2

@@ -59,7 +59,7 @@ MINIMUMS: dict[str, float] = {
     "checkpoint.every": 0, "checkpoint.keep_last": 0,
     "launch.nodes": 1, "launch.gpus_per_node": 1, "launch.signal_grace_s": 0,
     "launch.cpus_per_node": 0,
-    "eval.max_tokens": 0, "eval.batch_size": 1,
+    "eval.max_tokens": 0, "eval.batch_size": 1, "eval.context": 0, "eval.stride": 0,
 }
 
 # Fields that must be strictly positive (zero is as wrong as a negative value).

@@ -1,7 +1,7 @@
 """Meta-State, RWKV-7 and transformer language models (plain single-device nn.Modules)."""
 
 from model.config import FAMILIES, ModelConfig
-from model.generate import generate
+from model.generate import generate, iter_generate
 from model.language_model import LanguageModel, ModelState, build_model
 from model.optim_groups import parameter_groups
 from model.presets import PRESETS, model_preset, preset_names
@@ -10,6 +10,6 @@ from model.size import ModelSize, model_size
 
 __all__ = [
     "FAMILIES", "ModelConfig", "LanguageModel", "ModelState", "build_model", "generate",
-    "parameter_groups", "PRESETS", "model_preset", "preset_names", "model_size", "ModelSize",
+    "iter_generate", "parameter_groups", "PRESETS", "model_preset", "preset_names", "model_size", "ModelSize",
     "export_rwkv7_checkpoint", "import_rwkv7_checkpoint",
 ]

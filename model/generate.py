@@ -4,6 +4,8 @@ The recurrent families carry constant-size state (token shifts, WKV and meta-sta
 transformer carries its KV cache.
 """
 
+from collections.abc import Iterator
+
 import torch
 
 from model.language_model import LanguageModel
@@ -24,7 +26,6 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
 def generate(model: LanguageModel, prompt_tokens, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, seed: int | None = None) -> torch.Tensor:
     """Continue each prompt by `max_new_tokens` tokens; returns the new tokens [B, max_new].
@@ -36,31 +37,49 @@ def generate(model: LanguageModel, prompt_tokens, max_new_tokens: int, temperatu
     Example:
         >>> new = generate(model, [1, 2, 3], max_new_tokens=16, temperature=0.8, top_p=0.9, seed=0)
     """
+    prompt = _as_prompt(model, prompt_tokens)
+    new_tokens = list(iter_generate(model, prompt, max_new_tokens, temperature, top_p, seed))
+    if not new_tokens:
+        return prompt.new_zeros(prompt.shape[0], 0)
+    return torch.stack(new_tokens, dim=1)
+
+
+def iter_generate(model: LanguageModel, prompt_tokens, max_new_tokens: int, temperature: float = 1.0,
+                  top_p: float = 1.0, seed: int | None = None) -> Iterator[torch.Tensor]:
+    """`generate`, one step at a time: yields each new token [B] as soon as it is sampled (for
+    streaming). Only the carried state is kept, so memory is constant in the number of tokens
+    for the recurrent families.
+
+    Example:
+        >>> for token in iter_generate(model, [1, 2, 3], max_new_tokens=16, temperature=0):
+        ...     print(tokenizer.decode(token.tolist()), end="", flush=True)
+    """
     if max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 0")
     if temperature < 0:
         raise ValueError(f"generate: temperature={temperature} must be >= 0 (0 = greedy)")
     if not 0 < top_p <= 1:
         raise ValueError(f"generate: top_p={top_p} must be in (0, 1]")
-    device = next(model.parameters()).device
-    prompt = torch.as_tensor(prompt_tokens, dtype=torch.int64, device=device)
-    if prompt.dim() == 1:
-        prompt = prompt[None]
+    prompt = _as_prompt(model, prompt_tokens)
     generator = None
     if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator(device=prompt.device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
-        new_tokens = []
-        logits, state = model(prompt)
+        with torch.no_grad():
+            logits, state = model(prompt)
         for step in range(max_new_tokens):
             token = sample_next(logits[:, -1], temperature, top_p, generator)
-            new_tokens.append(token)
+            yield token
             if step + 1 < max_new_tokens:
-                logits, state = model(token[:, None], state)
+                with torch.no_grad():
+                    logits, state = model(token[:, None], state)
     finally:
         model.train(was_training)
-    if not new_tokens:
-        return prompt.new_zeros(prompt.shape[0], 0)
-    return torch.stack(new_tokens, dim=1)
+
+
+def _as_prompt(model: LanguageModel, prompt_tokens) -> torch.Tensor:
+    device = next(model.parameters()).device
+    prompt = torch.as_tensor(prompt_tokens, dtype=torch.int64, device=device)
+    return prompt[None] if prompt.dim() == 1 else prompt

@@ -18,12 +18,31 @@ def export_safetensors(checkpoint: str | Path, output: str | Path | None = None)
     Example:
         >>> export_safetensors("runs/demo")      # -> runs/demo/checkpoints/step-00000300/model.safetensors
     """
+    weights, manifest, path = load_checkpoint_weights(checkpoint)
+    config = manifest["config"]
+    model = build_model(config["model"], device=torch.device("meta"))
+    output = Path(output) if output else path / "model.safetensors"
+    metadata = {"step": str(manifest["step"]), "model_config": json.dumps(config["model"]),
+                "source": str(path.resolve())}
+    tmp = output.with_name(output.name + ".tmp")
+    save_file({k: weights[k].contiguous() for k in model.state_dict()}, str(tmp), metadata=metadata)
+    tmp.replace(output)
+    return output
+
+
+def load_checkpoint_weights(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """Full CPU weights of a DCP (FSDP2/DDP/single) or DeepSpeed ZeRO checkpoint, its manifest
+    and the step directory; `checkpoint` is a step directory, its checkpoints/ folder or a run
+    directory. The one loading path for export, evals and the lm-eval adapter.
+
+    Example:
+        >>> weights, manifest, path = load_checkpoint_weights("runs/demo")
+    """
     path = resolve_resume(str(checkpoint), Path(checkpoint))
     if path is None:
         raise CheckpointError(f"{checkpoint}: no complete checkpoint found")
     manifest = read_manifest(path)
-    config = manifest["config"]
-    model = build_model(config["model"], device=torch.device("meta"))
+    model = build_model(manifest["config"]["model"], device=torch.device("meta"))
     if manifest.get("format") == "dcp":
         state = {"model": {name: torch.empty_like(t, device="cpu") for name, t in model.state_dict().items()}}
         safe_dcp.load(state, path / "dcp")
@@ -35,13 +54,7 @@ def export_safetensors(checkpoint: str | Path, output: str | Path | None = None)
     missing = sorted(set(model.state_dict()) - set(weights))
     if missing:
         raise CheckpointError(f"{path}: the checkpoint lacks {missing[:3]} of its own model config")
-    output = Path(output) if output else path / "model.safetensors"
-    metadata = {"step": str(manifest["step"]), "model_config": json.dumps(config["model"]),
-                "source": str(path.resolve())}
-    tmp = output.with_name(output.name + ".tmp")
-    save_file({k: weights[k].contiguous() for k in model.state_dict()}, str(tmp), metadata=metadata)
-    tmp.replace(output)
-    return output
+    return weights, manifest, path
 
 
 def consolidate_zero(path: Path) -> dict[str, torch.Tensor]:
