@@ -16,6 +16,7 @@ from pathlib import Path
 from data_pipeline.stats import DataError
 from launch.presets import ConfigError
 from training.checkpointing import CheckpointError
+from training.parallelize import mesh_shape
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
 PLACEHOLDERS = ("JOB_NAME", "NODES", "NPROC_PER_NODE", "LOG_DIR", "SBATCH_OPTIONS", "WORKDIR",
@@ -33,23 +34,15 @@ def world_size(launch_cfg) -> int:
     return launch_cfg.nodes * launch_cfg.gpus_per_node
 
 
-def check_world_size(parallel_cfg, world: int, where: str) -> None:
-    """The parallel section must fit `world` ranks; `where` says where that number came from."""
-    if world % parallel_cfg.tp:
-        raise ConfigError(f"parallel.tp={parallel_cfg.tp} does not divide the {world} ranks of {where}; "
-                          f"pick a tp that divides {world} or change the rank count")
-    if parallel_cfg.dp != -1 and parallel_cfg.dp * parallel_cfg.tp != world:
-        raise ConfigError(f"parallel.dp={parallel_cfg.dp} x parallel.tp={parallel_cfg.tp} is not the "
-                          f"{world} ranks of {where}; set parallel.dp=-1 (world_size / tp) or "
-                          f"{world // parallel_cfg.tp}")
-
-
 def check_before_start(cfg, world: int, where: str) -> None:
     """Everything a job can get wrong before it queues: ranks vs the parallel section, batch
     divisibility, data paths, the checkpoint to resume, a writable checkpoint directory."""
     from training.cli import preflight
 
-    check_world_size(cfg.parallel, world, where)
+    try:
+        mesh_shape(cfg.parallel, world)
+    except ValueError as err:
+        raise ConfigError(f"{err} (the job has {where})") from None
     try:
         preflight(cfg, world)
     except (ValueError, DataError, CheckpointError) as err:
