@@ -104,7 +104,8 @@ def _bad_template(tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("args, reason", [
     (["--nodes", "3"], "train.global_batch_size=4 is not a multiple of train.micro_batch_size=2 x 3"),
-    (["parallel.dp=4"], "parallel.tp=1 x parallel.dp=4 = 4 differs from the world size 2; launch 4 processes or set "
+    (["parallel.dp=4"], "parallel.tp=1 x parallel.dp=4 = 4 differs from the world size 2; "
+     "launch 4 processes or set "
      "parallel.dp=-1 (the job has 2 node(s) x 1 per node)"),
     (["data.train_path=/nonexistent/*.jsonl.zst"], "/nonexistent"),
     ([_unwritable], "cannot write checkpoints to"),
