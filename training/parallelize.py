@@ -155,6 +155,12 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 
 
 def apply_compile(model: nn.Module) -> None:
+    # torch 2.13's AOT-autograd cache segfaulted while pickling the blocks' graphs (whose chunked
+    # WKV op runs eagerly behind a graph break) and once read back an entry with garbage shapes;
+    # inductor's own FX-graph cache stays on, so warm restarts still skip most codegen.
+    import torch._functorch.config as functorch_config
+
+    functorch_config.enable_autograd_cache = False
     for block in model.blocks:
         block.compile()
 
