@@ -4,6 +4,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,9 @@ def test_generate_until_is_greedy_and_stops_at_the_stop_string(lm):
 def test_stock_lm_eval_cli_runs_local_tasks_with_a_metastate_checkpoint(lm, trained_run, tmp_path):
     assert lm_eval_hook.is_installed(), (
         f"{lm_eval_hook.pth_path()} is missing: run `make setup` (or python -m evals.lm_eval_hook)")
-    lm_eval_bin = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "lm_eval"
-    lm_eval_bin = str(lm_eval_bin) if lm_eval_bin.exists() else "lm_eval"
+    # the console script of this interpreter's environment: `make test` runs the venv's python
+    # without activating the venv, so `lm_eval` need not be on PATH
+    lm_eval_bin = str(Path(sys.executable).with_name("lm_eval"))
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "HF_DATASETS_CACHE": str(tmp_path / "hf")}
     proc = subprocess.run(
