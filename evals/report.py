@@ -45,6 +45,18 @@ def position_table(buckets: list[dict], context: int) -> str:
     return "\n".join(lines)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG (creating its folder) and release it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_positions(buckets: list[dict], context: int, path: str | Path, title: str) -> Path:
     """Mean loss against token position (log x), with the training context marked."""
     import matplotlib
@@ -61,9 +73,4 @@ def plot_positions(buckets: list[dict], context: int, path: str | Path, title: s
     ax.set_ylabel("mean loss (nats)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from evals.report import save_figure
 from model.config import ModelConfig
 from model.size import model_size
 from training.checkpointing import find_latest, read_manifest
@@ -160,9 +161,4 @@ def plot_loss_curves(curves: dict[str, dict], path: str | Path) -> Path:
     ax.set_xlabel("tokens")
     ax.set_ylabel("loss (nats)")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
