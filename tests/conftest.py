@@ -10,6 +10,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without CUDA, fla's Triton kernels run under Triton's interpreter (tests marked `interpret`,
+# see ops/rwkv7/triton_interpreter.py). triton.jit reads this when fla's kernels are defined, so
+# it is set before any test module imports fla; with CUDA the real kernels run (marker `gpu`).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def free_port() -> int:

@@ -29,9 +29,30 @@ e^{|w| L}: at L = 32 that is < e^{20} for RWKV-7 decays (|w| <= 0.61), far from 
 arbitrary log-decays need |w| * L < 80.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+
+def _without_autocast(fn):
+    """Run `fn` with autocast off on the device of its first tensor argument.
+
+    Under torch.autocast (bf16 training) the batched matmuls here would run in bf16 and write
+    into the fp32 state buffers in place ("Bad in-place call"), and a bf16 WY inverse and state
+    scan lose the state's precision over a long sequence. The whole backend therefore computes in
+    fp32 (float64 for float64 inputs) and returns outputs in the inputs' dtype; the backward
+    passes below are wrapped too, since a backward called inside an autocast region would
+    otherwise autocast them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next(x.device.type for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _to_chunks(x: torch.Tensor, chunk_size: int, dtype: torch.dtype) -> torch.Tensor:
@@ -60,6 +81,7 @@ class _ContiguousGrad(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_without_autocast
     def backward(ctx, grad):
         return grad.contiguous()
 
@@ -107,6 +129,7 @@ class _UnitLowerInverse(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_without_autocast
     def backward(ctx, grad_inverse):
         (inverse,) = ctx.saved_tensors
         inverse_t = inverse.transpose(-1, -2)
@@ -142,6 +165,7 @@ class _StateScan(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_without_autocast
     def backward(ctx, grad_starts, grad_u, grad_final):
         P, B, d, starts, u = ctx.saved_tensors
         n = P.shape[0]
@@ -196,6 +220,7 @@ class _ChunkDecays(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_without_autocast
     def backward(ctx, g_in, g_out, g_to_end, g_a_in, g_b_out, g_b_end, g_chunk):
         decay_in, decay_out, decay_to_end, a_scale, a_in, b_out, b_end, decay_chunk = ctx.saved_tensors
         # d loss / d c_t, and the terms that also depend on c_L (started from the first term
@@ -238,6 +263,7 @@ class ChunkedTransition:
     # its hand-written autograd Functions and per-chunk loops cost ~100 s of compile time per block
     # in tests/training, for no speed-up of what are already large batched matmuls.
     @torch.compiler.disable
+    @_without_autocast
     def __init__(self, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, chunk_size: int = 32):
         if not 1 <= chunk_size <= 256:
             raise ValueError(f"wkv7: chunk_size={chunk_size} is out of range; use 16-64")
@@ -262,6 +288,7 @@ class ChunkedScan:
     """The states of one scan, kept at chunk starts, read by any number of queries."""
 
     @torch.compiler.disable  # see ChunkedTransition.__init__
+    @_without_autocast
     def __init__(self, tr: ChunkedTransition, k, v, initial_state):
         self.tr = tr
         B, T, H, N = k.shape
@@ -288,6 +315,7 @@ class ChunkedScan:
         self.read_mask = k.new_ones(L, L).tril().repeat(1, 2)     # 0/1: a product beats masked_fill
 
     @torch.compiler.disable  # see ChunkedTransition.__init__
+    @_without_autocast
     def read(self, q: torch.Tensor) -> torch.Tensor:
         """y_t = S_t q_t for every token of this scan; q is [B, T, H, N]."""
         tr = self.tr
