@@ -20,7 +20,7 @@ from model.config import (
     ffn_width,
     validate_model_config,
 )
-from ops.config import BACKENDS
+from ops.config import BACKENDS, chunk_size_problem
 from training.config import PARALLEL_BACKENDS, TRACKING_BACKENDS, TRAIN_DTYPES, ZERO_STAGES
 
 # data_pipeline/config.py documents these choices in field comments only; they are listed here.
@@ -47,7 +47,6 @@ CHOICES: dict[str, tuple] = {
 MINIMUMS: dict[str, float] = {
     "model.vocab_size": 1, "model.n_layer": 1, "model.d_model": 1, "model.d_state": 0,
     "model.head_size": 1,
-    "ops.chunk_size": 1,
     "data.seq_len": 1, "data.num_workers": 0, "data.prefetch_factor": 1,
     "optim.min_lr_ratio": 0, "optim.weight_decay": 0, "optim.warmup_steps": 0,
     "optim.rewarm_steps": 0,
@@ -102,7 +101,7 @@ def check_rules(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
         value = OmegaConf.select(cfg, key)
         if not value > 0:
             problems.append(f"{key} must be > 0, got {value} {_where(origins, key)}")
-    for rule in (_model_rules, _optim_rules, _train_rules, _parallel_rules, _tracking_rules,
+    for rule in (_model_rules, _ops_rules, _optim_rules, _train_rules, _parallel_rules, _tracking_rules,
                  _launch_rules):
         problems += [f"{message} {_where(origins, *keys)}" for message, keys in rule(cfg)]
     return problems
@@ -116,6 +115,12 @@ def _model_rules(cfg: DictConfig):
     if m.head_size >= 1 and m.d_state % m.head_size:
         yield (f"model.d_state ({m.d_state}) must be a multiple of model.head_size "
                f"({m.head_size}); 0 means d_model", ("model.d_state", "model.head_size"))
+
+
+def _ops_rules(cfg: DictConfig):
+    problem = chunk_size_problem(cfg.ops.chunk_size)
+    if problem:
+        yield f"ops.{problem}", ("ops.chunk_size",)
 
 
 def _optim_rules(cfg: DictConfig):

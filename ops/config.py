@@ -1,14 +1,30 @@
 """Configuration of the recurrence kernels (the `ops` section of a run config)."""
 
+import math
 from dataclasses import dataclass
 
 BACKENDS = ("auto", "reference", "chunked", "fla")
+
+# The chunked backend factors pairwise decays as e^{c_t} e^{-c_s} within a chunk; e^{-c_s} reaches
+# e^{|w| L}. With RWKV-7's |w| <= e^{-1/2} = 0.6065, L = 64 gives e^{38.8}, below sqrt(fp32 max) =
+# e^{44.4}, so no product of two such factors (forward or backward) can overflow; L = 128 gives
+# e^{77.6}, within 1e5 of overflow on its own, and L = 256 overflows (NaN outputs, measured).
+MAX_CHUNK_SIZE = 64
+
+
+def chunk_size_problem(chunk_size: int) -> str | None:
+    """Why `chunk_size` is unsafe for the chunked backend, or None when it is fine."""
+    if not (isinstance(chunk_size, int) and 1 <= chunk_size <= MAX_CHUNK_SIZE
+            and math.log2(chunk_size).is_integer()):
+        return (f"chunk_size must be a power of two from 1 to {MAX_CHUNK_SIZE} (16-64 are fast; "
+                f"larger chunks overflow fp32 at RWKV-7's strongest decay), got {chunk_size}")
+    return None
 
 
 @dataclass
 class OpsConfig:
     # auto: fla on CUDA when importable, otherwise chunked. reference is the float64 step loop.
     backend: str = "auto"
-    # Chunk length of the chunked backend. 16-64; 32 keeps the per-chunk decay factors far from
-    # fp32 overflow for any RWKV-7 decay (|w| <= 0.61 per step) and is fastest on CPU.
+    # Chunk length of the chunked backend: a power of two up to MAX_CHUNK_SIZE (see above); 32 is
+    # fastest on CPU. fla picks its own (64, see ops/rwkv7/fla.py).
     chunk_size: int = 32

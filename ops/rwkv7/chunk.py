@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ops.config import chunk_size_problem
+
 
 def _without_autocast(fn):
     """Run `fn` with autocast off on the device of its first tensor argument.
@@ -265,10 +267,9 @@ class ChunkedTransition:
     @torch.compiler.disable
     @_without_autocast
     def __init__(self, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, chunk_size: int = 32):
-        if not 1 <= chunk_size <= 256:
-            raise ValueError(f"wkv7: chunk_size={chunk_size} is out of range; use 16-64")
-        if chunk_size & (chunk_size - 1):
-            raise ValueError(f"wkv7: chunk_size={chunk_size} must be a power of two (16, 32 or 64)")
+        problem = chunk_size_problem(chunk_size)
+        if problem:
+            raise ValueError(f"wkv7: {problem}")
         self.shape, self.out_dtype = w.shape, w.dtype
         self.dtype = torch.promote_types(w.dtype, torch.float32)
         self.chunk_size = L = chunk_size

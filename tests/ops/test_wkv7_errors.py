@@ -49,7 +49,8 @@ def test_unknown_backend_lists_choices():
         wkv7(*_inputs(), backend="triton")
 
 
-def test_fla_on_cpu_says_to_use_chunked():
+def test_fla_on_cpu_says_to_use_chunked(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")   # without the interpreter (tests/conftest.py sets it)
     with pytest.raises(ValueError, match="backend 'fla' needs CUDA tensors.*use backend='chunked'"):
         wkv7(*_inputs(), backend="fla")
 
@@ -58,6 +59,20 @@ def test_auto_picks_chunked_on_cpu():
     assert resolve_backend("auto", torch.device("cpu")) == "chunked"
 
 
-def test_bad_chunk_size_is_rejected():
-    with pytest.raises(ValueError, match="chunk_size=0 is out of range"):
-        wkv7(*_inputs(), backend="chunked", chunk_size=0)
+@pytest.mark.parametrize("chunk_size", [0, 48, 128, 256])
+def test_chunk_sizes_outside_the_fp32_safe_range_are_rejected(chunk_size):
+    with pytest.raises(ValueError, match=f"power of two from 1 to 64 .*got {chunk_size}"):
+        wkv7(*_inputs(), backend="chunked", chunk_size=chunk_size)
+
+
+def test_the_largest_allowed_chunk_stays_exact_at_the_strongest_decay(wkv7_inputs):
+    """L = 64 (the limit) at w = -e^{-1/2} everywhere: fp32 outputs and gradients stay finite and
+    exact; L = 256 (accepted before) returned NaN here."""
+    r, w, k, v, a, b, s0 = wkv7_inputs(1, 256, 2, 32, seed=0)
+    w = torch.full_like(w, -0.6065306597126334)
+    leaves = [x.float().requires_grad_(True) for x in (r, w, k, v, a, b)]
+    y, _ = wkv7(*leaves, backend="chunked", chunk_size=64)
+    y.square().sum().backward()
+    y_ref, _ = wkv7(r, w, k, v, a, b, backend="reference")
+    assert ((y.double() - y_ref).abs().max() / y_ref.abs().max()) < 1e-5
+    assert all(torch.isfinite(x.grad).all() for x in leaves)
