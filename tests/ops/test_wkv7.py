@@ -145,3 +145,42 @@ def test_chunked_direct_call_matches_dispatch(wkv7_inputs):
     r, w, k, v, a, b, s0 = (x.float() for x in wkv7_inputs(1, 10, 1, 8, seed=12))
     (y,), _ = wkv7_chunked((r,), w, k, v, a, b, s0, False, 32)
     assert torch.equal(y, wkv7(r, w, k, v, a, b, s0, backend="chunked")[0])
+
+
+# bf16: both backends compute from the same bf16-rounded inputs (reference in float64, chunked in
+# fp32) and round y back to bf16, so they differ by at most a rounding of the output: measured
+# <= 1 bf16 ulp of max|y| (2^-8 = 3.9e-3 relative); bound 8e-3. The state stays fp32 in both.
+BF16_REL_TOL = 8e-3
+
+
+@pytest.mark.parametrize("T", [1, 100])
+def test_chunked_and_reference_agree_on_bf16_inputs(wkv7_inputs, T):
+    r, w, k, v, a, b, s0 = (x.bfloat16() for x in wkv7_inputs(2, T, 2, 32, seed=T))
+    y_ref, s_ref = wkv7(r, w, k, v, a, b, s0, True, backend="reference")
+    y, s = wkv7(r, w, k, v, a, b, s0, True, backend="chunked")
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    assert s.dtype == s_ref.dtype == torch.float32
+    assert rel_err(y, y_ref) < BF16_REL_TOL
+    assert rel_err(s, s_ref) < 1e-5          # fp32 vs float64 from the same inputs
+
+
+def test_chunked_under_bf16_autocast_computes_in_fp32(wkv7_inputs):
+    """Under torch.autocast the chunked backend's matmuls would run in bf16 and write into its
+    fp32 state buffers ("Bad in-place call"): it turns autocast off, so outputs and gradients are
+    bitwise those of the plain fp32 call. (The backward runs after the region, as PyTorch's AMP
+    guide asks and the trainer does: inside it, autograd would autocast every op's backward.)"""
+    inputs = [x.float() for x in wkv7_inputs(1, 70, 2, 32, seed=5)]
+    u = torch.randn_like(inputs[0])
+
+    def run(autocast: bool):
+        leaves = [x.clone().requires_grad_(True) for x in (*inputs, u)]
+        r, w, k, v, a, b, s0, q = leaves
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y, z, s = wkv7_sse(r, q, w, k, v, a, b, s0, True, backend="chunked")
+            loss = (y * z).sum() + s.square().sum()
+        loss.backward()
+        return (y, z, s, *(x.grad for x in leaves))
+
+    for got, want in zip(run(True), run(False)):
+        assert got.dtype == want.dtype == torch.float32
+        assert torch.equal(got, want)
