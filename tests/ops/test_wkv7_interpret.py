@@ -19,7 +19,7 @@ from ops.rwkv7.triton_interpreter import interpreter_on
 
 pytestmark = [
     pytest.mark.interpret,
-    pytest.mark.skipif(not interpreter_on(), reason="needs TRITON_INTERPRET=1 (set on CPU by tests/conftest.py)"),
+    pytest.mark.skipif(not interpreter_on(), reason="needs TRITON_INTERPRET=1 (tests/conftest.py)"),
     pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning"),
 ]
 
