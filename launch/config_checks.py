@@ -20,7 +20,7 @@ from model.config import (
     ffn_width,
     validate_model_config,
 )
-from ops.config import BACKENDS, chunk_size_problem
+from ops.config import BACKENDS, chunk_size_problem, loss_chunk_size_problem
 from training.config import PARALLEL_BACKENDS, TRACKING_BACKENDS, TRAIN_DTYPES, ZERO_STAGES
 
 # data_pipeline/config.py documents these choices in field comments only; they are listed here.
@@ -121,6 +121,9 @@ def _ops_rules(cfg: DictConfig):
     problem = chunk_size_problem(cfg.ops.chunk_size)
     if problem:
         yield f"ops.{problem}", ("ops.chunk_size",)
+    problem = loss_chunk_size_problem(cfg.ops.loss_chunk_size)
+    if problem:
+        yield f"ops.{problem}", ("ops.loss_chunk_size",)
 
 
 def _optim_rules(cfg: DictConfig):

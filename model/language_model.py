@@ -1,7 +1,8 @@
 """The language model shared by all families: embedding -> blocks -> final norm -> untied head.
 
-`forward(tokens, state=None) -> (logits, state)` is the one interface: training passes no state;
-generation and truncated BPTT carry the returned `ModelState` into the next call.
+`forward(tokens, state=None) -> (logits, state)` is the one interface: training passes no state
+(and `targets=`, which returns the loss instead of the logits); generation and truncated BPTT
+carry the returned `ModelState` into the next call.
 """
 
 import math
@@ -13,8 +14,9 @@ from torch import nn
 from model.config import ModelConfig, coerce_model_config, validate_model_config
 from model.init import orthogonal_
 from model.rwkv_block import LN_EPS, RWKVBlock
+from model.sharding import local
 from model.transformer import INIT_STD, RMS_EPS, TransformerBlock
-from ops import OpsConfig
+from ops import OpsConfig, linear_cross_entropy
 
 EMB_INIT = 1e-4          # RWKV-LM: emb.weight ~ U(-1e-4, 1e-4), ln0 rescales it
 
@@ -74,13 +76,32 @@ class LanguageModel(nn.Module):
             ratio = cfg.vocab_size / cfg.d_model
             orthogonal_(self.head.weight, 0.5 * math.sqrt(ratio) if ratio > 1 else 0.5)
 
-    def forward(self, tokens: torch.Tensor, state: ModelState | None = None):
-        """tokens: int64 [B, T] in [0, vocab_size). Returns (logits [B, T, V], ModelState).
+    def forward(self, tokens: torch.Tensor, state: ModelState | None = None,
+                targets: torch.Tensor | None = None, reduction: str = "mean"):
+        """tokens: int64 [B, T] in [0, vocab_size). Returns (logits [B, T, V], ModelState), or,
+        with `targets` [B, T] (ids; -100 = ignored), (cross-entropy loss, ModelState): the head
+        and the loss fused in chunks of `ops.loss_chunk_size` tokens, so that no [B, T, V]
+        logits exist. `reduction`: "mean" (a scalar), "sum", or "none" (per token, [B, T]).
+        The loss goes through `forward` so that FSDP2/DDP/DeepSpeed hooks see it.
 
         Example:
             >>> logits, state = model(prompt)                # parallel pass over the prompt
             >>> logits, state = model(next_token, state)     # one more token, same result
+            >>> loss, _ = model(tokens[:, :-1], targets=tokens[:, 1:])   # training
         """
+        features, state = self.features(tokens, state)
+        if targets is None:
+            return self.head(features), state
+        if targets.shape != tokens.shape:
+            raise ValueError(f"model: targets {tuple(targets.shape)} must have the shape of the "
+                             f"tokens {tuple(tokens.shape)}")
+        # local(): under tensor parallelism the head is a replicated DTensor; each rank runs it whole
+        loss = linear_cross_entropy(features.flatten(0, 1), local(self.head.weight),
+                                    targets.flatten(), self.ops_cfg.loss_chunk_size, reduction)
+        return (loss.view(targets.shape) if reduction == "none" else loss), state
+
+    def features(self, tokens: torch.Tensor, state: ModelState | None = None):
+        """The final-norm output [B, T, C] that the head maps to logits, and the new state."""
         self._check_tokens(tokens)
         B, T = tokens.shape
         layers = state.layers if state is not None else [None] * len(self.blocks)
@@ -94,8 +115,7 @@ class LanguageModel(nn.Module):
         for block, layer_state in zip(self.blocks, layers):
             x, v_first, new_layer_state = block(x, v_first, layer_state, position)
             new_layers.append(new_layer_state)
-        logits = self.head(self.ln_out(x))
-        return logits, ModelState(new_layers, position + T)
+        return self.ln_out(x), ModelState(new_layers, position + T)
 
     def _check_tokens(self, tokens) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
@@ -137,7 +157,9 @@ def build_model(model_cfg, ops_cfg: OpsConfig | None = None,
     cfg = coerce_model_config(model_cfg)
     validate_model_config(cfg)
     if ops_cfg is not None and not isinstance(ops_cfg, OpsConfig):
-        ops_cfg = OpsConfig(backend=ops_cfg.backend, chunk_size=ops_cfg.chunk_size)
+        ops_cfg = OpsConfig(backend=ops_cfg.backend, chunk_size=ops_cfg.chunk_size,
+                            loss_chunk_size=getattr(ops_cfg, "loss_chunk_size",
+                                                    OpsConfig.loss_chunk_size))
     with torch.device(device or "cpu"):
         model = LanguageModel(cfg, ops_cfg)
     if str(device) != "meta":

@@ -21,6 +21,14 @@ def chunk_size_problem(chunk_size: int) -> str | None:
     return None
 
 
+def loss_chunk_size_problem(loss_chunk_size: int) -> str | None:
+    """Why `loss_chunk_size` is invalid, or None when it is fine."""
+    if not (isinstance(loss_chunk_size, int) and loss_chunk_size >= 0):
+        return (f"loss_chunk_size must be >= 0 tokens (0 = whole-batch logits, 1024 is the "
+                f"default), got {loss_chunk_size}")
+    return None
+
+
 @dataclass
 class OpsConfig:
     # auto: fla on CUDA when importable, otherwise chunked. reference is the float64 step loop.
@@ -28,3 +36,7 @@ class OpsConfig:
     # Chunk length of the chunked backend: a power of two up to MAX_CHUNK_SIZE (see above); 32 is
     # fastest on CPU. fla picks its own (64, see ops/rwkv7/fla.py).
     chunk_size: int = 32
+    # Tokens per chunk of the fused head + cross-entropy (ops/linear_cross_entropy.py): the loss
+    # never holds more than [loss_chunk_size, vocab] fp32 logits (1024 x 50304: 206 MB); 0 = the
+    # plain whole-batch logits.
+    loss_chunk_size: int = 1024

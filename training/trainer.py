@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from data_pipeline.train_stream import build_train_stream
@@ -190,8 +189,8 @@ class Trainer:
         for micro, batch in enumerate(batches):
             tokens = batch["tokens"].to(self.env.device, non_blocking=True)
             with self.engine.accumulating(micro == self.accum - 1), self.autocast():
-                logits, _ = self.engine.net(tokens[:, :-1])
-                loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+                # the head and the loss fused in chunks: no [B, T, V] logits (ops.loss_chunk_size)
+                loss, _ = self.engine.net(tokens[:, :-1], targets=tokens[:, 1:])
             self.engine.backward(loss)
             loss_sum += loss.detach()
         loss_value = self.env.all_reduce_sum(loss_sum / self.accum).item() / self.env.world_size

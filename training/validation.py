@@ -1,7 +1,6 @@
 """The periodic validation loss: fixed windows of the held-out split, identical every time."""
 
 import torch
-import torch.nn.functional as F
 
 from data_pipeline.val_stream import build_val_stream
 from training.distributed import DistEnv
@@ -39,8 +38,7 @@ class ValidationWindows:
         for batch in self.batches:
             batch = batch.to(self.env.device)
             with autocast():
-                logits, _ = model(batch[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+                loss, _ = model(batch[:, :-1], targets=batch[:, 1:], reduction="sum")
             total += torch.tensor([loss.item(), batch[:, 1:].numel()], dtype=torch.float64)
         model.train(was_training)
         loss_sum, count = self.env.all_reduce_sum(total).tolist()
