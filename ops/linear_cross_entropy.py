@@ -69,15 +69,20 @@ def _matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
-def _chunk_log_softmax_terms(hidden_chunk, weight_mm, targets_chunk, matmul_dtype):
-    """fp32 logits of one chunk, their logsumexp per row and the loss per row (0 where ignored)."""
+def _chunk_softmax_and_losses(hidden_chunk, weight_mm, targets_chunk, matmul_dtype):
+    """One chunk: its softmax [c, V] in fp32 (computed in the logits' own buffer, so a chunk
+    holds one [c, V] fp32 tensor), the loss per row (0 where ignored), the ignored rows and the
+    targets with ignored ones replaced by a valid index."""
     logits = (hidden_chunk.to(matmul_dtype) @ weight_mm.t()).float()
-    lse = torch.logsumexp(logits, dim=-1)
     ignored = targets_chunk == IGNORE_INDEX
     safe_targets = targets_chunk.masked_fill(ignored, 0)
+    logits.sub_(logits.amax(dim=-1, keepdim=True))           # shift by the row max: exp <= 1
     target_logit = logits.gather(1, safe_targets[:, None]).squeeze(1)
-    losses = (lse - target_logit).masked_fill(ignored, 0.0)
-    return logits, lse, losses, ignored, safe_targets
+    probs = logits.exp_()
+    sum_exp = probs.sum(dim=-1)
+    losses = (sum_exp.log() - target_logit).masked_fill(ignored, 0.0)
+    probs.div_(sum_exp[:, None])
+    return probs, losses, ignored, safe_targets
 
 
 def _chunked_losses(hidden, weight, targets, chunk_size, matmul_dtype) -> torch.Tensor:
@@ -85,8 +90,8 @@ def _chunked_losses(hidden, weight, targets, chunk_size, matmul_dtype) -> torch.
     losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_size):
         end = start + chunk_size
-        losses[start:end] = _chunk_log_softmax_terms(hidden[start:end], weight_mm,
-                                                     targets[start:end], matmul_dtype)[2]
+        losses[start:end] = _chunk_softmax_and_losses(hidden[start:end], weight_mm,
+                                                      targets[start:end], matmul_dtype)[1]
     return losses
 
 
@@ -107,29 +112,36 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             for start in range(0, hidden.shape[0], chunk_size):
                 end = start + chunk_size
                 hidden_chunk = hidden[start:end]
-                logits, lse, losses, ignored, safe_targets = _chunk_log_softmax_terms(
+                grad_logits, losses, ignored, safe_targets = _chunk_softmax_and_losses(
                     hidden_chunk, weight_mm, targets[start:end], matmul_dtype)
                 total += losses.sum()
-                # d loss_i / d logits_i = softmax_i - onehot(target_i), built in the logits' buffer
-                grad_logits = logits.sub_(lse[:, None]).exp_()
+                # d loss_i / d logits_i = softmax_i - onehot(target_i), in the softmax's buffer
                 rows = torch.arange(grad_logits.shape[0], device=grad_logits.device)
                 grad_logits[rows, safe_targets] -= 1.0
                 grad_logits.mul_((~ignored)[:, None] * scale)
                 grad_logits_mm = grad_logits.to(matmul_dtype)
-                del logits, grad_logits
+                del grad_logits
                 if grad_hidden is not None:
                     grad_hidden[start:end] = grad_logits_mm @ weight_mm
-                if grad_weight is not None:
+                if grad_weight is not None and matmul_dtype == torch.float32:
+                    grad_weight.addmm_(grad_logits_mm.t(), hidden_chunk.float())  # no V x C temporary
+                elif grad_weight is not None:
                     grad_weight += (grad_logits_mm.t() @ hidden_chunk.to(matmul_dtype)).float()
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+        # plain attributes, not save_for_backward: backward hands these very tensors to autograd,
+        # which then takes them as .grad without a copy (no second V x C or N x C buffer)
+        ctx.grad_hidden, ctx.grad_weight, ctx.weight_dtype = grad_hidden, grad_weight, weight.dtype
         return total * scale
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        if ctx.grad_weight is None and ctx.grad_hidden is None:
+            raise RuntimeError("linear_cross_entropy: its gradients were computed in the forward "
+                               "pass and handed out once; backward through it twice "
+                               "(retain_graph=True) is not supported")
+        grad_hidden, grad_weight = ctx.grad_hidden, ctx.grad_weight
+        ctx.grad_hidden = ctx.grad_weight = None
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+            grad_hidden.mul_(grad_output.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_output).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None

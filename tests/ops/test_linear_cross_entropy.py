@@ -93,3 +93,11 @@ def test_bad_arguments_name_the_fix():
         linear_cross_entropy(hidden, weight, targets, -1)
     with pytest.raises(ValueError, match=r"hidden must be \[N, C\]"):
         linear_cross_entropy(hidden[None], weight, targets, 8)
+
+
+def test_a_second_backward_through_the_same_graph_is_refused():
+    hidden, weight, targets = inputs()
+    loss = linear_cross_entropy(hidden, weight, targets, 8)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        loss.backward()
