@@ -1,7 +1,8 @@
 """Training throughput and peak memory of the metastate, rwkv7 and transformer families at
 (close to) equal parameter count.
 
-One training step = forward + cross-entropy + backward + grad-norm clip (1.0, as the trainer)
+One training step = forward + cross-entropy (fused head + loss in chunks, as the trainer)
++ backward + grad-norm clip (1.0, as the trainer)
 + AdamW step (the trainer's parameter groups), fp32, on a random token batch [B, T] (default
 B=2, T=1024). Each family runs in its own subprocess, so the peak-memory numbers do not mix:
 
@@ -44,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from model import build_model, model_preset, model_size, parameter_groups  # noqa: E402
 from ops import OpsConfig  # noqa: E402
@@ -114,8 +114,7 @@ def run_one(family: str, args) -> dict:
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        logits, _ = model(tokens[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+        loss, _ = model(tokens[:, :-1], targets=tokens[:, 1:])   # the trainer's fused chunked loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

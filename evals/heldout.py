@@ -103,17 +103,24 @@ def window_losses(model: LanguageModel, inputs: torch.Tensor, targets: torch.Ten
     losses = torch.empty(B, T, dtype=torch.float32, device=inputs.device)
     greedy = torch.empty(B, T, dtype=torch.bool, device=inputs.device)
 
-    def score(logits, start, end):
-        logits = logits.float()
-        losses[:, start:end] = F.cross_entropy(logits.transpose(1, 2), targets[:, start:end],
-                                               reduction="none")
-        greedy[:, start:end] = logits.argmax(-1) == targets[:, start:end]
+    # the head runs on slices of about ops.loss_chunk_size tokens: a long window never holds
+    # its whole [B, context, V] fp32 logits
+    chunk_tokens = model.ops_cfg.loss_chunk_size
+    positions_per_slice = max(1, chunk_tokens // B) if chunk_tokens else T
+
+    def score(features, start, end):
+        for offset in range(0, end - start, positions_per_slice):
+            first, last = start + offset, min(start + offset + positions_per_slice, end)
+            logits = model.head(features[:, offset:offset + last - first]).float()
+            losses[:, first:last] = F.cross_entropy(logits.transpose(1, 2), targets[:, first:last],
+                                                    reduction="none")
+            greedy[:, first:last] = logits.argmax(-1) == targets[:, first:last]
 
     if model.cfg.family != "transformer":
         state = None
         for start in range(0, T, context):
-            logits, state = model(inputs[:, start:start + context], state)
-            score(logits, start, min(start + context, T))
+            features, state = model.features(inputs[:, start:start + context], state)
+            score(features, start, min(start + context, T))
         return losses, greedy
     scored = 0
     while scored < T:
@@ -121,8 +128,8 @@ def window_losses(model: LanguageModel, inputs: torch.Tensor, targets: torch.Ten
         # document exactly as it would be scored alone.
         end = scored + (context if scored == 0 else stride)
         first, stop = max(0, end - context), min(end, T)
-        logits, _ = model(inputs[:, first:stop])
-        score(logits[:, scored - first:], scored, stop)
+        features, _ = model.features(inputs[:, first:stop])
+        score(features[:, scored - first:], scored, stop)
         scored = stop
     return losses, greedy
 

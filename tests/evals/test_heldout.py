@@ -88,3 +88,18 @@ def test_bad_window_settings_are_one_line_errors():
         evaluate_documents(model, docs(), context=8, stride=9)
     with pytest.raises(ValueError, match="no documents"):
         evaluate_documents(model, [], context=8)
+
+
+@pytest.mark.parametrize("name", ["rwkv7-tiny", "transformer-tiny"])
+def test_head_in_slices_scores_like_whole_window_logits(name):
+    """loss_chunk_size=6 over a batch of 2: the head sees 3 positions at a time, including a
+    shorter last slice of each 8-token window; losses and greedy hits match whole logits."""
+    model = tiny(name)
+    targets = torch.randint(1, 256, (2, 29))
+    with torch.no_grad():
+        model.ops_cfg.loss_chunk_size = 0
+        whole, whole_greedy = window_losses(model, with_eos_prefix(targets), targets, context=8)
+        model.ops_cfg.loss_chunk_size = 6
+        sliced, sliced_greedy = window_losses(model, with_eos_prefix(targets), targets, context=8)
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-6)
+    assert torch.equal(sliced_greedy, whole_greedy)
