@@ -143,7 +143,8 @@ def main() -> None:
         ratio = plain["peak_growth_mib"] / max(chunked["peak_growth_mib"], 1e-9)
         for row, label in ((plain, "plain logits"), (chunked, f"chunked {chunked['chunk']}")):
             shown = f"{ratio:.1f}x" if row is chunked else ""
-            print(f"| {row['kind']} fwd+bwd | {label} | {row['peak_growth_mib']:.0f} | {shown} | "
+            what = "loss fwd+bwd" if row["kind"] == "loss" else "train step"
+            print(f"| {what} | {label} | {row['peak_growth_mib']:.0f} | {shown} | "
                   f"{row['seconds']:.2f} | {row['loss']:.6f} |")
 
 
