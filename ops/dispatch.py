@@ -14,6 +14,7 @@ from ops.config import BACKENDS
 from ops.rwkv7 import fla_available, wkv7_fla, wkv7_naive
 from ops.rwkv7.checks import check_wkv7_inputs
 from ops.rwkv7.chunk import ChunkedTransition
+from ops.rwkv7.step import OneStepScan
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -40,7 +41,10 @@ class Wkv7Transition:
         self.w, self.a, self.b = w, a, b
         self.backend = resolve_backend(backend, w.device)
         self.chunk_size = chunk_size
-        self.chunked = ChunkedTransition(w, a, b, chunk_size) if self.backend == "chunked" else None
+        # one token (a decode step) on the chunked backend: the update itself, no chunk machinery
+        self.one_step = self.backend == "chunked" and w.shape[1] == 1
+        self.chunked = (ChunkedTransition(w, a, b, chunk_size)
+                        if self.backend == "chunked" and not self.one_step else None)
 
     def scan(self, r, k, v, initial_state=None, output_final_state: bool = False) -> "Wkv7Scan":
         """S_t = S_{t-1}(diag(exp(w_t)) + a_t b_t^T) + v_t k_t^T, read by r; see Wkv7Scan."""
@@ -54,7 +58,11 @@ class Wkv7Scan:
     def __init__(self, transition: Wkv7Transition, r, k, v, initial_state, output_final_state):
         self.transition = transition
         self.k, self.v, self.initial_state = k, v, initial_state
-        if transition.chunked is not None:
+        if transition.one_step:
+            self._chunked = OneStepScan(transition.w, transition.a, transition.b, k, v, initial_state)
+            self.output = self._chunked.read(r)
+            final = self._chunked.final_state
+        elif transition.chunked is not None:
             self._chunked = transition.chunked.scan(k, v, initial_state)
             self.output = self._chunked.read(r)
             final = self._chunked.final_state
@@ -65,7 +73,7 @@ class Wkv7Scan:
     def read(self, q: torch.Tensor) -> torch.Tensor:
         """S_t q_t for every token, from this scan's states (a second kernel call on fla)."""
         check_wkv7_inputs({"k": self.k, "q": q}, None)
-        if self.transition.chunked is not None:
+        if self.transition.chunked is not None or self.transition.one_step:
             return self._chunked.read(q)
         (y,), _ = self._full_scan(q, False)
         return y
