@@ -33,6 +33,7 @@ demo: setup
 	$(BIN)/metastate train demo train.out_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: setup
