@@ -5,6 +5,7 @@ bad cluster config fails on the login node instead of after queueing.
 """
 
 import difflib
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +21,7 @@ from model.config import (
     ffn_width,
     validate_model_config,
 )
+from data_pipeline.tokenizer import VOCAB_SIZE
 from ops.config import BACKENDS
 from training.config import PARALLEL_BACKENDS, TRACKING_BACKENDS, TRAIN_DTYPES, ZERO_STAGES
 
@@ -54,7 +56,7 @@ MINIMUMS: dict[str, float] = {
     "optim.grad_clip": 0,
     "train.steps": 1, "train.global_batch_size": 1, "train.micro_batch_size": 1,
     "train.eval_every": 0, "train.eval_batches": 1, "train.log_every": 1,
-    "train.max_bad_steps": 0, "train.stop_after": 0,
+    "train.max_bad_steps": 1, "train.stop_after": 0,
     "parallel.tp": 1,
     "checkpoint.every": 0, "checkpoint.keep_last": 0,
     "launch.nodes": 1, "launch.gpus_per_node": 1, "launch.signal_grace_s": 0,
@@ -64,6 +66,7 @@ MINIMUMS: dict[str, float] = {
 
 # Fields that must be strictly positive (zero is as wrong as a negative value).
 POSITIVES = ("optim.lr", "optim.eps", "optim.w0_lr_mult")
+INT64_MAX = 2**63 - 1                  # torch and numpy counters are int64: a bigger int overflows
 
 
 def check_run_config(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
@@ -92,8 +95,33 @@ def check_choices(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
     return problems
 
 
-def check_rules(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
+def check_numbers(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
+    """Every number is finite (an inf lr passes `> 0`) and every integer fits in int64."""
     problems = []
+    for key, value in _leaves(OmegaConf.to_container(cfg, resolve=True)):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key} must be a finite number, got {value} {_where(origins, key)}")
+        elif isinstance(value, int) and abs(value) > INT64_MAX:
+            problems.append(f"{key}={value} is out of range (at most {INT64_MAX}) "
+                            f"{_where(origins, key)}")
+    return problems
+
+
+def _leaves(tree: Any, prefix: str = ""):
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            yield from _leaves(value, f"{prefix}{name}.")
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from _leaves(value, f"{prefix[:-1]}[{index}].")
+    else:
+        yield prefix[:-1], tree
+
+
+def check_rules(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
+    problems = check_numbers(cfg, origins)
     for key, minimum in MINIMUMS.items():
         value = OmegaConf.select(cfg, key)
         if not value >= minimum:  # also catches NaN
@@ -102,7 +130,7 @@ def check_rules(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
         value = OmegaConf.select(cfg, key)
         if not value > 0:
             problems.append(f"{key} must be > 0, got {value} {_where(origins, key)}")
-    for rule in (_model_rules, _optim_rules, _train_rules, _parallel_rules, _tracking_rules,
+    for rule in (_model_rules, _data_rules, _optim_rules, _train_rules, _parallel_rules, _tracking_rules,
                  _launch_rules):
         problems += [f"{message} {_where(origins, *keys)}" for message, keys in rule(cfg)]
     return problems
@@ -116,6 +144,12 @@ def _model_rules(cfg: DictConfig):
     if m.head_size >= 1 and m.d_state % m.head_size:
         yield (f"model.d_state ({m.d_state}) must be a multiple of model.head_size "
                f"({m.head_size}); 0 means d_model", ("model.d_state", "model.head_size"))
+
+
+def _data_rules(cfg: DictConfig):
+    if cfg.model.vocab_size < VOCAB_SIZE:
+        yield (f"model.vocab_size ({cfg.model.vocab_size}) must hold the tokenizer's {VOCAB_SIZE} "
+               f"token ids (GPT-NeoX-20B); use the default 50304", ("model.vocab_size",))
 
 
 def _optim_rules(cfg: DictConfig):
