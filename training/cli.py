@@ -61,7 +61,7 @@ def preflight(cfg, world_size: int) -> None:
     dp_size, _ = mesh_shape(cfg.parallel, world_size)
     gradient_accumulation_steps(cfg.train, dp_size)
     if cfg.data.format == "jsonl":
-        expand_paths(cfg.data.train_path, what="data.train_path")
+        check_jsonl_shards(cfg.data, dp_size)
     else:
         find_token_shards(cfg.data.train_path, cfg.data.format)
     if cfg.train.eval_every > 0:
@@ -69,6 +69,23 @@ def preflight(cfg, world_size: int) -> None:
     path = resolve_resume(cfg.train.resume, Path(cfg.train.out_dir) / "checkpoints")
     if path is not None:
         check_resume_compatible(path, cfg, world_size)
+
+
+def check_jsonl_shards(data_cfg, dp_size: int) -> None:
+    """Raw jsonl deals whole shards to every reader (data-parallel rank x worker): the count the
+    stream would refuse on every rank after the model is built, checked up front."""
+    paths = expand_paths(data_cfg.train_path, what="data.train_path", split="train")
+    present = [p for p in paths if os.path.exists(p)]
+    if not present:
+        raise DataError(f"data.train_path={data_cfg.train_path}: no such file or directory; point it "
+                        "at jsonl.zst shards (a file, a directory or a glob)")
+    readers = dp_size * max(1, data_cfg.num_workers)
+    if len(paths) < readers:
+        raise DataError(f"data.format=jsonl deals whole shards to {dp_size} data-parallel ranks x "
+                        f"{max(1, data_cfg.num_workers)} workers = {readers} readers, but "
+                        f"data.train_path={data_cfg.train_path} has only {len(paths)} shards; use at "
+                        f"most {len(paths)} readers (fewer ranks or data.num_workers), or preprocess "
+                        "to data.format=megatron or wds")
 
 
 def train_command(args: argparse.Namespace) -> int:

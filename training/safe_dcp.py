@@ -85,6 +85,10 @@ def save(state: dict, directory: Path) -> None:
 def load(state: dict, directory: Path) -> None:
     """Fill `state` in place from `directory` (resharding as DCP does), pickle-safely."""
     reader = SafeFileSystemReader(str(directory))
+    try:  # refuse before dcp.load, which would log the refusal's traceback as a warning
+        reader.read_metadata()
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpointError(reader.refusal) from None
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)

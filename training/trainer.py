@@ -21,6 +21,7 @@ from training.lineage import FreezeOld, lineage_tags
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
 from training.parallelize import data_parallel_rank
 from training.preemption import PreemptionHandler, StopRequest
+from training.run_lock import RunLock
 from training.schedule import start_rewarm
 from training.stability import NonFiniteGuard, TrainingDiverged
 from training.tracking import MlflowTracker, default_tracking_uri, flatten
@@ -94,6 +95,16 @@ class Trainer:
         # first, so that SIGUSR1 during model build or resume is a request, not the default kill
         self.preemption = PreemptionHandler(env.all_reduce_sum).install()
         self.stop_request: StopRequest | None = None
+        # before anything is written: one live writer per out_dir (rank 0 takes it for the job)
+        self.run_lock = RunLock(Path(cfg.train.out_dir)).acquire() if env.is_rank0 else None
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self) -> None:
+        cfg, env = self.cfg, self.env
         tc = cfg.train
         self.out_dir = Path(tc.out_dir)
         # the tensor-parallel ranks of one data-parallel group read the same batches
@@ -246,7 +257,13 @@ class Trainer:
             progress.close()
             self.preemption.close()
             self.tracker.finish(status)
+            self.close()
         return {**metrics, "step": self.step, "val_loss": self.last_val_loss}
+
+    def close(self) -> None:
+        """Release the run directory (run() does this when it ends)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def _save_and_report(self, progress: ProgressReporter) -> Path:
         # the write time is what launch.signal_grace_s must cover (docs/slurm.md)
