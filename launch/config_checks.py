@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from data_pipeline.tokenizer import VOCAB_SIZE
 from evals.config import EVAL_SPLITS
 from launch.config import slurm_time_to_seconds
 from model.config import (
@@ -21,7 +22,6 @@ from model.config import (
     ffn_width,
     validate_model_config,
 )
-from data_pipeline.tokenizer import VOCAB_SIZE
 from ops.config import BACKENDS
 from training.config import PARALLEL_BACKENDS, TRACKING_BACKENDS, TRAIN_DTYPES, ZERO_STAGES
 

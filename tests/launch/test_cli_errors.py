@@ -120,7 +120,8 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("argv, phrase", ROWS, ids=[" ".join(r[0][:3]) + f" #{i}" for i, r in enumerate(ROWS)])
+@pytest.mark.parametrize("argv, phrase", ROWS,
+                         ids=[" ".join(r[0][:3]) + f" #{i}" for i, r in enumerate(ROWS)])
 def test_a_bad_input_is_one_line_and_exit_code_2(files, capsys, caplog, argv, phrase):
     argv = [a.format(root=files) for a in argv]
     code = main(argv)

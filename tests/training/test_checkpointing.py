@@ -37,8 +37,8 @@ def test_save_publishes_directory_manifest_and_latest(tmp_path):
     assert path.name == "step-00000010"
     assert (tmp_path / LATEST).read_text().strip() == "step-00000010"
     size = (path / "model.pt").stat().st_size
-    assert read_manifest(path) == {"step": 10, "config": {"a": 1},
-                                   "files": {"model.pt": {"size": size, "crc32": crc32_of(path / "model.pt")}}}
+    files = {"model.pt": {"size": size, "crc32": crc32_of(path / "model.pt")}}
+    assert read_manifest(path) == {"step": 10, "config": {"a": 1}, "files": files}
     assert load_tensor(path).tolist() == [10.0] * 3
     assert not list(tmp_path.glob(".partial-*"))
 
