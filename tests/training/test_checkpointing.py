@@ -235,3 +235,13 @@ def test_a_failed_torch_write_is_one_line_with_free_space_and_leaves_no_partial(
     assert not list(tmp_path.glob(".partial-*"))
     monkeypatch.undo()
     assert find_latest(tmp_path) == tmp_path / "step-00000002"
+
+
+def test_big_files_are_listed_by_size_only(tmp_path, monkeypatch):
+    import training.checkpointing as checkpointing
+
+    monkeypatch.setattr(checkpointing, "CRC_MAX_BYTES", 100)
+    (tmp_path / "small.bin").write_bytes(b"x" * 100)
+    (tmp_path / "big.bin").write_bytes(b"x" * 101)
+    listed = checkpointing.file_checksums(tmp_path)
+    assert listed["small.bin"]["crc32"] is not None and listed["big.bin"] == {"size": 101, "crc32": None}
