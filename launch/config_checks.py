@@ -10,7 +10,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipeline.tokenizer import VOCAB_SIZE
 from evals.config import EVAL_SPLITS
 from launch.config import slurm_time_to_seconds
 from model.config import (
@@ -130,7 +129,7 @@ def check_rules(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
         value = OmegaConf.select(cfg, key)
         if not value > 0:
             problems.append(f"{key} must be > 0, got {value} {_where(origins, key)}")
-    for rule in (_model_rules, _data_rules, _optim_rules, _train_rules, _parallel_rules, _tracking_rules,
+    for rule in (_model_rules, _optim_rules, _train_rules, _parallel_rules, _tracking_rules,
                  _launch_rules):
         problems += [f"{message} {_where(origins, *keys)}" for message, keys in rule(cfg)]
     return problems
@@ -144,12 +143,6 @@ def _model_rules(cfg: DictConfig):
     if m.head_size >= 1 and m.d_state % m.head_size:
         yield (f"model.d_state ({m.d_state}) must be a multiple of model.head_size "
                f"({m.head_size}); 0 means d_model", ("model.d_state", "model.head_size"))
-
-
-def _data_rules(cfg: DictConfig):
-    if cfg.model.vocab_size < VOCAB_SIZE:
-        yield (f"model.vocab_size ({cfg.model.vocab_size}) must hold the tokenizer's {VOCAB_SIZE} "
-               f"token ids (GPT-NeoX-20B); use the default 50304", ("model.vocab_size",))
 
 
 def _optim_rules(cfg: DictConfig):

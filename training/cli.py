@@ -9,6 +9,7 @@ from pathlib import Path
 from data_pipeline.jsonl_reader import expand_paths
 from data_pipeline.stats import DataError
 from data_pipeline.token_corpus import find_token_shards
+from data_pipeline.tokenizer import VOCAB_SIZE
 from launch.run_config import load_run_config
 from training.checkpointing import CheckpointError, resolve_resume
 
@@ -60,6 +61,9 @@ def preflight(cfg, world_size: int) -> None:
 
     dp_size, _ = mesh_shape(cfg.parallel, world_size)
     gradient_accumulation_steps(cfg.train, dp_size)
+    if cfg.model.vocab_size < VOCAB_SIZE:  # (tiny model presets have small vocabularies for tests)
+        raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) must hold the tokenizer's "
+                         f"{VOCAB_SIZE} token ids (GPT-NeoX-20B) to train; use the default 50304")
     if cfg.data.format == "jsonl":
         check_jsonl_shards(cfg.data, dp_size)
     else:

@@ -80,3 +80,28 @@ def test_changed_optimiser_settings_apply_from_the_resumed_step_and_are_reported
     for step in (3, 4, 5, 6):  # the lr of each step from the new peak and the new length
         assert rows[step]["lr"] == pytest.approx(1e-5 * lr_multiplier(step - 1, 1, 6, 0.1))
     assert {g["weight_decay"] for g in trainer.engine.optimizer.param_groups} == {0.0}
+
+
+def test_a_full_disk_during_training_is_one_line_and_leaves_no_partial_save(tmp_path, monkeypatch, capsys):
+    # issue 18 item 3: torch.save on a full tmpfs raised "[enforce fail at inline_container.cc:672]
+    # unexpected pos", printed as a traceback, and .partial-step-N kept the disk full
+    import training.train_state as train_state
+    from launch.cli import main
+
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step") == 4:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4480 vs 4368")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(train_state.torch, "save", save_until_the_disk_fills)
+    code = main(["train", "smoke", *TINY, "train.steps=6", f"train.out_dir={out}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: ")]
+    assert code == 2 and len(err) == 1, err
+    assert f"could not write checkpoint step 4 to {out / 'checkpoints' / 'step-00000004'}" in err[0]
+    assert "MiB free there" in err[0] and "step-00000002 is intact" in err[0]
+    assert not list((out / "checkpoints").glob(".partial-*"))
+    assert [p.name for p in list_complete(out / "checkpoints")] == ["step-00000002"]
+    assert not (out / ".run.lock").exists()
