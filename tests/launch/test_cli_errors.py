@@ -111,6 +111,7 @@ ROWS = [
     (["eval", "{root}/evil.safetensors"], "evil.safetensors: not a safetensors file"),
     (["generate", "{root}/evil.safetensors", "--prompt", "x"], "not a safetensors file"),
     (["export", "{root}/evil-run"], "refers to posix.system, which DCP never writes"),
+    ([*TRAIN, "train.resume={root}/evil-run", "train.out_dir={root}/o10"], "refusing to load it"),
     (["eval", "{root}/evil-run"], "refusing to load it"),
     (["export", "{root}/broken-run"], "no checkpoint verifies"),
     (["generate", "{root}/run", "--prompt", "x", "--top-p", "2"], "generate: top_p=2.0 must be in (0, 1]"),
