@@ -4,8 +4,9 @@ process (rank 0) that trains into it.
 Two trainers on one out_dir interleave metrics.jsonl and publish checkpoints made of both runs'
 files; the lock makes the second one refuse. A lock left by a process that died (kill -9, a
 crashed node) is taken over, with a notice, when its holder is on this host and no longer
-running; a lock from another host cannot be checked from here, so it refuses and says how to
-clear it.
+running, or when it carries this process's SLURM job id (a requeued job: SLURM requeues a job
+only after its previous run ended, on whatever node); a lock from another host cannot be checked
+from here, so it refuses and says how to clear it.
 """
 
 import errno
@@ -52,12 +53,12 @@ class RunLock:
         except OSError as err:
             raise RunLockError(f"train.out_dir={self.out_dir}: cannot create it "
                                f"({err.strerror or err}); pick a writable train.out_dir") from None
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
         for _ in range(3):  # create, or take over a stale lock and create again
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
-                self._take_over_if_stale(me["host"])
+                self._take_over_if_stale(me["host"], me["slurm_job"])
                 continue
             except OSError as err:
                 raise RunLockError(f"train.out_dir={self.out_dir}: cannot write {self.path} "
@@ -69,22 +70,24 @@ class RunLock:
         raise RunLockError(f"{self.path}: could not take the run lock (another process keeps "
                            "recreating it); check what else writes into train.out_dir")
 
-    def _take_over_if_stale(self, host: str) -> None:
+    def _take_over_if_stale(self, host: str, slurm_job: str | None) -> None:
         try:
             holder = json.loads(self.path.read_text())
             holder_host, holder_pid = str(holder["host"]), int(holder["pid"])
+            requeued = slurm_job is not None and holder.get("slurm_job") == slurm_job
         except FileNotFoundError:
             return  # released meanwhile: try again
         except (OSError, ValueError, KeyError, TypeError):
-            holder_host, holder_pid = None, None  # unreadable (a crash while writing it)
+            holder_host, holder_pid, requeued = None, None, False  # unreadable (a crash while writing it)
         if (holder_host, holder_pid) == (host, os.getpid()):
             return self._reenter()
-        if holder_host is not None and (holder_host != host or _alive(holder_pid)):
+        if holder_host is not None and not requeued and (holder_host != host or _alive(holder_pid)):
             raise RunLockError(
                 f"train.out_dir={self.out_dir} is in use by pid {holder_pid} on {holder_host} "
                 f"(lock {self.path}); wait for that run or stop it, or pick another train.out_dir"
                 + ("; if it is gone, delete the lock file" if holder_host != host else ""))
-        who = f"pid {holder_pid}, no longer running" if holder_pid else "unreadable"
+        who = (f"SLURM job {slurm_job}'s previous run (pid {holder_pid} on {holder_host})" if requeued
+               else f"pid {holder_pid}, no longer running" if holder_pid else "unreadable")
         log.warning("train.out_dir=%s: taking over a stale run lock (%s)", self.out_dir, who)
         try:
             os.unlink(self.path)

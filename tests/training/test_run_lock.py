@@ -70,3 +70,15 @@ def test_a_second_trainer_on_the_same_out_dir_refuses_and_the_first_finishes_cle
     assert not (out / LOCK_NAME).exists()  # released on exit
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 26))  # only the first run wrote
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lock_from_another_node(tmp_path, monkeypatch, caplog):
+    # a node failure kills the job without a clean exit; SLURM requeues it on another node
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": "node-3", "pid": 4242, "slurm_job": "77"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    with pytest.raises(RunLockError, match="in use by pid 4242 on node-3"):  # another job
+        RunLock(tmp_path).acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    with caplog.at_level("WARNING", logger="metastate.train"):
+        RunLock(tmp_path).acquire().release()
+    assert "SLURM job 77's previous run (pid 4242 on node-3)" in caplog.text
