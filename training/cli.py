@@ -12,6 +12,7 @@ from data_pipeline.token_corpus import find_token_shards
 from data_pipeline.tokenizer import VOCAB_SIZE
 from launch.run_config import load_run_config
 from training.checkpointing import CheckpointError, resolve_resume
+from training.run_lock import RunLock
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,6 +99,7 @@ def train_command(args: argparse.Namespace) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         preflight(cfg, world_size)
+        RunLock(Path(cfg.train.out_dir)).check()  # rank 0 takes the lock in Trainer
     except (ValueError, DataError, CheckpointError) as err:
         print(f"train: {err}", file=sys.stderr)
         return 2

@@ -70,7 +70,13 @@ class RunLock:
         raise RunLockError(f"{self.path}: could not take the run lock (another process keeps "
                            "recreating it); check what else writes into train.out_dir")
 
-    def _take_over_if_stale(self, host: str, slurm_job: str | None) -> None:
+    def check(self) -> None:
+        """Raise RunLockError if a live run holds the directory; writes nothing. Every rank calls
+        it before the process group starts, so a refused torchrun job stops at once on all ranks."""
+        if self.path.exists():
+            self._take_over_if_stale(socket.gethostname(), os.environ.get("SLURM_JOB_ID"), dry=True)
+
+    def _take_over_if_stale(self, host: str, slurm_job: str | None, dry: bool = False) -> None:
         try:
             holder = json.loads(self.path.read_text())
             holder_host, holder_pid = str(holder["host"]), int(holder["pid"])
@@ -80,12 +86,14 @@ class RunLock:
         except (OSError, ValueError, KeyError, TypeError):
             holder_host, holder_pid, requeued = None, None, False  # unreadable (a crash while writing it)
         if (holder_host, holder_pid) == (host, os.getpid()):
-            return self._reenter()
+            return None if dry else self._reenter()
         if holder_host is not None and not requeued and (holder_host != host or _alive(holder_pid)):
             raise RunLockError(
                 f"train.out_dir={self.out_dir} is in use by pid {holder_pid} on {holder_host} "
                 f"(lock {self.path}); wait for that run or stop it, or pick another train.out_dir"
                 + ("; if it is gone, delete the lock file" if holder_host != host else ""))
+        if dry:
+            return None
         who = (f"SLURM job {slurm_job}'s previous run (pid {holder_pid} on {holder_host})" if requeued
                else f"pid {holder_pid}, no longer running" if holder_pid else "unreadable")
         log.warning("train.out_dir=%s: taking over a stale run lock (%s)", self.out_dir, who)

@@ -12,7 +12,7 @@ import pytest
 from launch.cli import main
 from training.run_lock import LOCK_NAME, RunLock, RunLockError
 
-from .conftest import REPO, TINY
+from .conftest import REPO, TINY, run_cli
 
 
 def _dead_pid() -> int:
@@ -82,3 +82,18 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock_from_another_node(tmp_path
     with caplog.at_level("WARNING", logger="metastate.train"):
         RunLock(tmp_path).acquire().release()
     assert "SLURM job 77's previous run (pid 4242 on node-3)" in caplog.text
+
+
+def test_every_torchrun_rank_refuses_a_held_out_dir_before_the_process_group_starts(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
+        proc = run_cli(["train", "smoke", *TINY, f"train.out_dir={tmp_path}"], nproc=2)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode != 0
+    refusals = [line for line in proc.stderr.splitlines() if f"is in use by pid {holder.pid}" in line]
+    assert len(refusals) == 2, proc.stderr[-3000:]  # one line per rank, no rank got further
+    # torchrun's agent reports the failed ranks with its own traceback; none comes from a rank
+    assert f'File "{REPO}' not in proc.stderr
