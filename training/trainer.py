@@ -308,7 +308,12 @@ class Trainer:
         self.env.barrier()
         if self.env.is_rank0:
             for path in set_aside:
-                path.replace(root / f"diverged-{path.name}")
+                target = root / f"diverged-{path.name}"
+                for n in range(2, 1000):  # an earlier divergence set aside the same step: keep both
+                    if not target.exists():
+                        break
+                    target = root / f"diverged-{path.name}.{n}"
+                path.replace(target)
         self.env.barrier()
         good = find_latest(root)
         moved = (f"{', '.join(p.name for p in set_aside)} (the weights that diverged) set aside as "
