@@ -11,7 +11,13 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.metastate-installed
 
-.PHONY: setup demo test bench lint
+# The wheels a GPU machine without a package registry needs on top of torch + triton (Python 3.12,
+# x86-64): `make gpu-kit` here, carry gpu-kit/ there, then `make gpu-check` (docs/gpu.md).
+GPU_KIT ?= gpu-kit
+GPU_KIT_WHEELS := omegaconf==2.4.0 zstandard==0.25.0 fla-core==0.6.0 packaging==26.4 tqdm==4.70.1
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+
+.PHONY: setup demo test bench lint gpu-kit gpu-check
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +33,7 @@ demo: setup
 	$(BIN)/metastate train demo train.out_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: setup
@@ -34,3 +41,15 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+gpu-kit:
+	@mkdir -p $(GPU_KIT)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(GPU_KIT) $(GPU_KIT_WHEELS)
+	@du -sh $(GPU_KIT) | cut -f1 | xargs echo "gpu-kit: wheels in $(GPU_KIT)/, total"
+	@echo "gpu-kit: copy the repository with $(GPU_KIT)/ to the GPU machine and run: make gpu-check"
+
+gpu-check:
+	@if ls $(GPU_KIT)/*.whl >/dev/null 2>&1; then \
+		$(GPU_PYTHON) -m pip install -q --no-index --no-deps $(GPU_KIT)/*.whl; fi
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out gpu-check-out

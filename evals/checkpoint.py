@@ -50,13 +50,17 @@ def load_for_eval(checkpoint: str | Path, device: str | torch.device = "cpu",
 
 
 def _read_safetensors(path: Path):
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; pass a safetensors file from `metastate export`")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as err:  # e.g. a pickle renamed .safetensors: never unpickled
+        raise CheckpointError(f"{path}: not a safetensors file ({err}); pass the file "
+                              "`metastate export` wrote, or a checkpoint directory") from None
     if "model_config" not in metadata:
         raise CheckpointError(f"{path} has no model_config metadata; it was not written by "
                               "`metastate export`: export the checkpoint again")

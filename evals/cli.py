@@ -227,7 +227,8 @@ def generate_command(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     except (CheckpointError, ValueError) as err:
-        print(f"generate: {err}", file=sys.stderr)
+        # model/generate.py's messages already name the command
+        print(f"generate: {str(err).removeprefix('generate: ')}", file=sys.stderr)
         return 2
     return 0
 

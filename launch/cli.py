@@ -3,6 +3,7 @@
 
 import argparse
 import importlib
+import pickle
 import sys
 from collections.abc import Sequence
 
@@ -10,6 +11,27 @@ from launch.run_config import ConfigError
 
 COMMAND_MODULES = ("launch.config_commands", "model.cli", "data_pipeline.cli", "training.cli",
                    "launch.launch_commands", "evals.cli")
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures that bad input, bad files or a bad file system cause: each is a one-line message
+    and exit code 2. Anything else is a bug and keeps its traceback."""
+    from data_pipeline.megatron_format import ShardFormatError
+    from data_pipeline.stats import DataError
+    from data_pipeline.tokenizer import TokenizerError
+    from evals.runs import RunsError
+    from model.expand import ExpansionError
+    from training.checkpointing import CheckpointError
+    from training.safe_dcp import UnsafeCheckpointError
+
+    return (DataError, ShardFormatError, TokenizerError, RunsError, ExpansionError, CheckpointError,
+            UnsafeCheckpointError, pickle.UnpicklingError, UnicodeDecodeError, OSError)
+
+
+def one_line(command: str, error: BaseException) -> str:
+    """`command: message` on one line, without repeating a prefix the message already has."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if text.startswith(f"{command}: ") else f"{command}: {text}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; a ConfigError becomes a one-line message on stderr and exit code 2.
+    """Run one subcommand. A ConfigError, or any expected failure (data, checkpoint, safety
+    refusal, file system), becomes one line on stderr and exit code 2.
 
     Example: main(["config", "show", "demo", "train.steps=7"]) prints the YAML and returns 0.
     """
@@ -34,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as error:
         print("config error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 2
+    except expected_errors() as error:
+        print(one_line(args.command, error), file=sys.stderr)
         return 2
 
 

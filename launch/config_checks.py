@@ -5,6 +5,7 @@ bad cluster config fails on the login node instead of after queueing.
 """
 
 import difflib
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -53,7 +54,7 @@ MINIMUMS: dict[str, float] = {
     "optim.grad_clip": 0,
     "train.steps": 1, "train.global_batch_size": 1, "train.micro_batch_size": 1,
     "train.eval_every": 0, "train.eval_batches": 1, "train.log_every": 1,
-    "train.max_bad_steps": 0, "train.stop_after": 0,
+    "train.max_bad_steps": 1, "train.stop_after": 0,
     "parallel.tp": 1,
     "checkpoint.every": 0, "checkpoint.keep_last": 0,
     "launch.nodes": 1, "launch.gpus_per_node": 1, "launch.signal_grace_s": 0,
@@ -63,6 +64,7 @@ MINIMUMS: dict[str, float] = {
 
 # Fields that must be strictly positive (zero is as wrong as a negative value).
 POSITIVES = ("optim.lr", "optim.eps", "optim.w0_lr_mult")
+INT64_MAX = 2**63 - 1                  # torch and numpy counters are int64: a bigger int overflows
 
 
 def check_run_config(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
@@ -91,8 +93,33 @@ def check_choices(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
     return problems
 
 
-def check_rules(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
+def check_numbers(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
+    """Every number is finite (an inf lr passes `> 0`) and every integer fits in int64."""
     problems = []
+    for key, value in _leaves(OmegaConf.to_container(cfg, resolve=True)):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key} must be a finite number, got {value} {_where(origins, key)}")
+        elif isinstance(value, int) and abs(value) > INT64_MAX:
+            problems.append(f"{key}={value} is out of range (at most {INT64_MAX}) "
+                            f"{_where(origins, key)}")
+    return problems
+
+
+def _leaves(tree: Any, prefix: str = ""):
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            yield from _leaves(value, f"{prefix}{name}.")
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from _leaves(value, f"{prefix[:-1]}[{index}].")
+    else:
+        yield prefix[:-1], tree
+
+
+def check_rules(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
+    problems = check_numbers(cfg, origins)
     for key, minimum in MINIMUMS.items():
         value = OmegaConf.select(cfg, key)
         if not value >= minimum:  # also catches NaN

@@ -119,11 +119,12 @@ def read_preset(path: Path) -> dict:
     """The mapping in a preset file, `base:` included."""
     try:
         tree = yaml.load(path.read_text(), Loader=_ConfigYamlLoader)
-    except (OSError, yaml.YAMLError) as error:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         reason = " ".join(str(error).split())
-        raise ConfigError(f"cannot read {display_path(path)}: {reason}") from None
-    if tree is None:
-        return {}
+        raise ConfigError(f"cannot read {display_path(path)}: {reason} (a config is UTF-8 YAML)") from None
+    if tree is None:  # an empty file would silently train the 12x768 defaults
+        raise ConfigError(f"{display_path(path)} is empty; a run config extends a preset "
+                          f"(e.g. 'base: demo') or sets its sections (model:, data:, train:, ...)")
     if not isinstance(tree, dict):
         raise ConfigError(f"{display_path(path)} must hold a mapping of sections "
                           f"(model:, train:, ...), got {type(tree).__name__}")

@@ -4,12 +4,12 @@ script (a template with {{NAME}} placeholders; the built-in one is launch/templa
 `metastate submit` (launch/launch_commands.py) is the command-line face of this module.
 """
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -47,14 +47,18 @@ def check_before_start(cfg, world: int, where: str) -> None:
         preflight(cfg, world)
     except (ValueError, DataError, CheckpointError) as err:
         raise ConfigError(str(err)) from None
-    checkpoints = Path(cfg.train.out_dir) / "checkpoints"
-    try:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=checkpoints, prefix=".write-probe-"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"train.out_dir={cfg.train.out_dir}: cannot write checkpoints to {checkpoints} "
-                          f"({err.strerror or err}); pick a writable train.out_dir") from None
+    _check_writable(Path(cfg.train.out_dir))
+
+
+def _check_writable(out_dir: Path) -> None:
+    """The run directory can be created and written, checked without writing anything (a dry
+    run writes nothing): its nearest existing ancestor must be a writable directory."""
+    existing = out_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.out_dir={out_dir}: cannot write checkpoints there ({existing} is "
+                          "not a writable directory); pick a writable train.out_dir")
 
 
 def template_text(launch_cfg) -> tuple[str, str]:

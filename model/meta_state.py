@@ -83,7 +83,8 @@ class MetaStateLayer(nn.Module):
             z = timemix.read(u)
         else:
             z = torch.einsum("bthj,hij->bthi", u, local(self.sse_weight).to(u.dtype))
-        z = self._normalise(torch.relu(z))
+        # under autocast the einsum comes back in bf16; the meta-state scan takes the transition's dtype
+        z = self._normalise(torch.relu(z.to(u.dtype)))
         o, new_meta_state = meta_state_scan(z, None, None, None, initial_state=meta_state,
                                             output_final_state=True, transition=timemix.transition)
         if isinstance(self.ln_out, nn.GroupNorm):

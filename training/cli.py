@@ -9,8 +9,10 @@ from pathlib import Path
 from data_pipeline.jsonl_reader import expand_paths
 from data_pipeline.stats import DataError
 from data_pipeline.token_corpus import find_token_shards
+from data_pipeline.tokenizer import VOCAB_SIZE
 from launch.run_config import load_run_config
 from training.checkpointing import CheckpointError, resolve_resume
+from training.run_lock import RunLock
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,8 +62,11 @@ def preflight(cfg, world_size: int) -> None:
 
     dp_size, _ = mesh_shape(cfg.parallel, world_size)
     gradient_accumulation_steps(cfg.train, dp_size)
+    if cfg.model.vocab_size < VOCAB_SIZE:  # (tiny model presets have small vocabularies for tests)
+        raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) must hold the tokenizer's "
+                         f"{VOCAB_SIZE} token ids (GPT-NeoX-20B) to train; use the default 50304")
     if cfg.data.format == "jsonl":
-        expand_paths(cfg.data.train_path, what="data.train_path")
+        check_jsonl_shards(cfg.data, dp_size)
     else:
         find_token_shards(cfg.data.train_path, cfg.data.format)
     if cfg.train.eval_every > 0:
@@ -71,12 +76,30 @@ def preflight(cfg, world_size: int) -> None:
         check_resume_compatible(path, cfg, world_size)
 
 
+def check_jsonl_shards(data_cfg, dp_size: int) -> None:
+    """Raw jsonl deals whole shards to every reader (data-parallel rank x worker): the count the
+    stream would refuse on every rank after the model is built, checked up front."""
+    paths = expand_paths(data_cfg.train_path, what="data.train_path", split="train")
+    present = [p for p in paths if os.path.exists(p)]
+    if not present:
+        raise DataError(f"data.train_path={data_cfg.train_path}: no such file or directory; point it "
+                        "at jsonl.zst shards (a file, a directory or a glob)")
+    readers = dp_size * max(1, data_cfg.num_workers)
+    if len(paths) < readers:
+        raise DataError(f"data.format=jsonl deals whole shards to {dp_size} data-parallel ranks x "
+                        f"{max(1, data_cfg.num_workers)} workers = {readers} readers, but "
+                        f"data.train_path={data_cfg.train_path} has only {len(paths)} shards; use at "
+                        f"most {len(paths)} readers (fewer ranks or data.num_workers), or preprocess "
+                        "to data.format=megatron or wds")
+
+
 def train_command(args: argparse.Namespace) -> int:
     """Example: `metastate train demo train.steps=50 model.n_layer=4`."""
     cfg = load_run_config(args.config, args.overrides)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         preflight(cfg, world_size)
+        RunLock(Path(cfg.train.out_dir)).check()  # rank 0 takes the lock in Trainer
     except (ValueError, DataError, CheckpointError) as err:
         print(f"train: {err}", file=sys.stderr)
         return 2

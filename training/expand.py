@@ -32,7 +32,7 @@ from launch.run_config import ConfigError, load_run_config
 from model import PRESETS, build_model, model_preset
 from model.config import ModelConfig, coerce_model_config
 from model.expand import ExpansionError, check_expansion, expand_state_dict, grow_tensor
-from training.checkpointing import CheckpointError, CheckpointManager, read_manifest, resolve_resume
+from training.checkpointing import CheckpointError, CheckpointManager, find_checkpoint, read_manifest
 from training.distributed import DistEnv
 from training.engines import build_optimizer
 from training.export import consolidate_zero
@@ -80,9 +80,7 @@ def load_parent(source: str | Path) -> Parent:
     source = Path(source)
     if source.is_file():
         return _load_export(source)
-    path = resolve_resume(str(source), source)
-    if path is None:
-        raise CheckpointError(f"{source}: no complete checkpoint found to expand")
+    path = find_checkpoint(source)
     manifest = read_manifest(path)
     config = manifest["config"]
     model_cfg = coerce_model_config(config["model"])

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from model import build_model
 from training import safe_dcp
-from training.checkpointing import CheckpointError, read_manifest, resolve_resume
+from training.checkpointing import CheckpointError, find_checkpoint, read_manifest
 
 
 def export_safetensors(checkpoint: str | Path, output: str | Path | None = None) -> Path:
@@ -38,9 +38,7 @@ def load_checkpoint_weights(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     Example:
         >>> weights, manifest, path = load_checkpoint_weights("runs/demo")
     """
-    path = resolve_resume(str(checkpoint), Path(checkpoint))
-    if path is None:
-        raise CheckpointError(f"{checkpoint}: no complete checkpoint found")
+    path = find_checkpoint(checkpoint)
     manifest = read_manifest(path)
     model = build_model(manifest["config"]["model"], device=torch.device("meta"))
     if manifest.get("format") == "dcp":

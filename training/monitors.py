@@ -1,6 +1,7 @@
 """Small side concerns the trainer calls once per step: throughput/MFU, progress, metrics log."""
 
 import json
+import os
 import sys
 import time
 
@@ -85,8 +86,8 @@ class ProgressReporter:
 
 class MetricsLog:
     """`metrics.jsonl` in the run directory: one JSON line per logged step (rank 0), readable
-    without MLflow and used as a golden-loss record. After a resume from an earlier checkpoint a
-    step can appear twice; the later line is the one that counts."""
+    without MLflow and used as a golden-loss record. A resumed run first drops the lines after
+    its checkpoint's step (`drop_after`), so each step appears once."""
 
     def __init__(self, path, enabled: bool):
         self.path = path
@@ -96,6 +97,27 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def drop_after(self, step: int) -> int:
+        """Remove the lines of steps after `step` (a tail the resumed run replays); returns the
+        last step the file held (`step` if none was later)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return step
+        kept, last = [], step
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    row_step = int(json.loads(line)["step"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a kill
+                last = max(last, row_step)
+                if row_step <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+        return last
 
     @staticmethod
     def read(path) -> dict[int, dict]:

@@ -17,6 +17,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta
 
+from training.checkpointing import CheckpointError
+
 _SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
 _ALLOWED = {
     ("torch.distributed.checkpoint.metadata", name) for name in (
@@ -85,6 +87,13 @@ def save(state: dict, directory: Path) -> None:
 def load(state: dict, directory: Path) -> None:
     """Fill `state` in place from `directory` (resharding as DCP does), pickle-safely."""
     reader = SafeFileSystemReader(str(directory))
+    try:  # refuse before dcp.load, which would log the refusal's traceback as a warning
+        reader.read_metadata()
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpointError(reader.refusal) from None
+    except (OSError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{directory}: its .metadata cannot be read ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]}); pass an earlier checkpoint") from err
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING)
@@ -92,4 +101,10 @@ def load(state: dict, directory: Path) -> None:
     except (Exception, CheckpointException) as err:  # CheckpointException is a BaseException
         if reader.refusal:
             raise UnsafeCheckpointError(reader.refusal) from err
+        if isinstance(err, (OSError, EOFError, RuntimeError, pickle.UnpicklingError, CheckpointException)):
+            # a damaged file the manifest could not vouch for (a checkpoint older than its file list,
+            # or a shard too big for a CRC): one line, the cause stays chained
+            reason = " ".join(str(err).split())[:200]
+            raise CheckpointError(f"{directory}: cannot be loaded ({type(err).__name__}: {reason}); "
+                                  "it may be damaged: pass an earlier checkpoint") from err
         raise

@@ -67,3 +67,23 @@ def move_schedule_to(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) ->
     for group, base_lr, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base_lr * fn(step)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
+OPTIMIZER_SETTINGS = ("betas", "eps", "weight_decay")
+
+
+def optimizer_settings(scheduler: torch.optim.lr_scheduler.LambdaLR) -> list[dict]:
+    """Per parameter group, the peak lr and AdamW settings that this run's config gave it; read
+    before a resume overwrites the groups with the checkpoint's."""
+    return [{"initial_lr": base, **{k: group[k] for k in OPTIMIZER_SETTINGS}}
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs)]
+
+
+def apply_optimizer_settings(scheduler: torch.optim.lr_scheduler.LambdaLR, settings: list[dict]) -> None:
+    """Put `settings` (from `optimizer_settings`) back after a resume and recompute the lr of the
+    resumed step from them: a changed optim.lr, warm-up, min_lr_ratio or train.steps takes effect
+    at once. With unchanged settings the lr is bitwise the one LambdaLR would give."""
+    for group, wanted in zip(scheduler.optimizer.param_groups, settings):
+        group.update({k: wanted[k] for k in OPTIMIZER_SETTINGS}, initial_lr=wanted["initial_lr"])
+    scheduler.base_lrs = [wanted["initial_lr"] for wanted in settings]
+    move_schedule_to(scheduler, scheduler.last_epoch)

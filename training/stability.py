@@ -29,9 +29,8 @@ class NonFiniteGuard:
         if self.skipped_in_a_row >= self.max_consecutive:
             at = f" at step {step}" if step is not None else ""
             raise TrainingDiverged(
-                f"{self.skipped_in_a_row} non-finite steps in a row{at} (loss={loss}, grad_norm={grad_norm});"
-                " lower optim.lr or raise optim.warmup_steps and resume from the last checkpoint"
-            )
+                f"{self.skipped_in_a_row} non-finite steps in a row{at} (loss={loss}, grad_norm={grad_norm})"
+            )  # the trainer adds which checkpoint to resume from
         return False
 
     def state_dict(self) -> dict:

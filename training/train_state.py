@@ -8,12 +8,14 @@ one `rank{r}.pt` per rank, read with `torch.load(weights_only=True)`: no arbitra
 DeepSpeed runs use DeepSpeed's own format instead (training/deepspeed_engine.py).
 """
 
+import pickle
 from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from training import safe_dcp
+from training.checkpointing import CheckpointError
 from training.distributed import DistEnv
 
 
@@ -41,7 +43,13 @@ def load_rank_extras(directory: Path, env: DistEnv) -> dict:
     """This rank's extras, restoring its RNG. A rank that did not exist in the saved run (the
     world grew) takes rank 0's extras and keeps its own RNG."""
     own = directory / f"rank{env.rank}.pt"
-    extras = torch.load(own if own.exists() else directory / "rank0.pt", weights_only=True)
+    path = own if own.exists() else directory / "rank0.pt"
+    try:
+        extras = torch.load(path, weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path}: cannot be loaded ({type(err).__name__}: {reason}); it may be "
+                              "damaged or not a checkpoint: pass an earlier checkpoint") from err
     if own.exists():
         set_rng_state(extras["rng"], env.device)
     return extras

@@ -13,14 +13,23 @@ from omegaconf import OmegaConf
 
 from data_pipeline.train_stream import build_train_stream
 from model import build_model, model_size
-from training.checkpointing import CheckpointError, CheckpointManager, read_manifest, resolve_resume
+from training.checkpointing import (
+    CheckpointError,
+    CheckpointManager,
+    find_latest,
+    list_complete,
+    read_manifest,
+    resolve_resume,
+    step_of,
+)
 from training.distributed import DistEnv
 from training.engines import build_engine
 from training.lineage import FreezeOld, lineage_tags
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
 from training.parallelize import data_parallel_rank
 from training.preemption import PreemptionHandler, StopRequest
-from training.schedule import start_rewarm
+from training.run_lock import RunLock
+from training.schedule import apply_optimizer_settings, optimizer_settings, start_rewarm
 from training.stability import NonFiniteGuard, TrainingDiverged
 from training.tracking import MlflowTracker, default_tracking_uri, flatten
 from training.validation import ValidationWindows
@@ -93,6 +102,16 @@ class Trainer:
         # first, so that SIGUSR1 during model build or resume is a request, not the default kill
         self.preemption = PreemptionHandler(env.all_reduce_sum).install()
         self.stop_request: StopRequest | None = None
+        # before anything is written: one live writer per out_dir (rank 0 takes it for the job)
+        self.run_lock = RunLock(Path(cfg.train.out_dir)).acquire() if env.is_rank0 else None
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self) -> None:
+        cfg, env = self.cfg, self.env
         tc = cfg.train
         self.out_dir = Path(tc.out_dir)
         # the tensor-parallel ranks of one data-parallel group read the same batches
@@ -118,6 +137,8 @@ class Trainer:
         self.last_val_loss: float | None = None
         self.lineage: dict | None = None      # set when this run descends from `metastate expand`
         self.freeze: FreezeOld | None = None  # set when that expansion asked for --freeze-old
+        self.settings_changed = False         # resumed with other optimiser/schedule settings
+        self.logged_until = 0                 # MLflow already holds the steps up to this one
         self._resume(resolve_resume(tc.resume, self.out_dir / "checkpoints"))
 
     # ------------------------------------------------------------------ resume / save
@@ -126,7 +147,9 @@ class Trainer:
         run_id = None
         if path is not None:
             check_resume_compatible(path, self.cfg, self.env.world_size)
+            settings = optimizer_settings(self.engine.scheduler)  # this config's, before the load
             extras = self.engine.load(path)
+            apply_optimizer_settings(self.engine.scheduler, settings)
             self.guard.load_state_dict(extras["guard"])
             self.stream.load_state_dict(extras["data"])
             self.step, self.tokens_seen = int(extras["step"]), int(extras["tokens_seen"])
@@ -135,6 +158,10 @@ class Trainer:
             self.last_val_loss = manifest.get("val_loss")
             self._continue_lineage(manifest.get("lineage"))
             log.info("resumed from %s at step %d", path, self.step)
+            self.settings_changed = self._report_changed_settings(manifest.get("config", {}))
+        # each step once in metrics.jsonl and MLflow: the steps after the checkpoint that an
+        # earlier (killed) process logged are replayed now
+        self.logged_until = self.metrics_log.drop_after(self.step)
         config = OmegaConf.to_container(self.cfg, resolve=True)
         if self.env.is_rank0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +171,19 @@ class Trainer:
                 "preset": self.config_name or "custom", **lineage_tags(self.lineage)}
         self.tracker.start(params=flatten(config), tags=tags, run_id=run_id)
         self.tracker.log_artifact(self.out_dir / "config.yaml")
+
+    def _report_changed_settings(self, saved: dict) -> bool:
+        """Say which optimiser and schedule settings differ from the checkpoint's: they apply from
+        the resumed step (docs/training.md, "Resuming with changed settings")."""
+        now = OmegaConf.to_container(self.cfg, resolve=True)
+        keys = [("optim", k) for k in now["optim"]] + [("train", "steps")]
+        changes = [f"{a}.{b} {saved[a][b]!r} -> {now[a][b]!r}" for a, b in keys
+                   if a in saved and b in saved[a] and saved[a][b] != now[a][b]]
+        if changes and self.env.is_rank0:
+            log.warning("resume: %s differ from the checkpoint; applied from step %d (the lr of "
+                        "each step is recomputed from this config; weights, AdamW moments, data "
+                        "position and RNG are the checkpoint's)", ", ".join(changes), self.step + 1)
+        return bool(changes)
 
     def _continue_lineage(self, lineage: dict | None) -> None:
         """A run grown by `metastate expand`: re-warm the lr from the expansion step, keep the old
@@ -211,6 +251,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         status = "FAILED"
         last_step = tc.steps if tc.stop_after <= 0 else min(tc.steps, self.step + tc.stop_after)
+        postponed = False
         try:
             while self.step < last_step:
                 metrics = self.train_step([next(batches) for _ in range(self.accum)])
@@ -223,12 +264,19 @@ class Trainer:
                     self.last_val_loss = self.validation.loss(self.engine.net, self.autocast)
                     metrics["val_loss"] = self.last_val_loss
                     progress.message(f"step {self.step}: val_loss={self.last_val_loss:.4f}")
-                self.tracker.log_metrics(self.step, metrics)
+                if self.step > self.logged_until or self.settings_changed:
+                    self.tracker.log_metrics(self.step, metrics)  # a replayed step is already there
                 self.metrics_log.write(self.step, metrics)
                 progress.update(self.step, metrics)
-                saved = (ckpt.every > 0 and self.step % ckpt.every == 0) or self.step == last_step
-                if saved:
-                    path = self._save_and_report(progress)
+                due = (ckpt.every > 0 and self.step % ckpt.every == 0) or self.step == last_step
+                saved = False
+                if due or postponed:
+                    if self.guard.skipped_in_a_row == 0:
+                        path, saved, postponed = self._save_and_report(progress), True, False
+                    elif not postponed:  # never publish weights while the steps are non-finite
+                        postponed = True
+                        progress.message(f"step {self.step}: checkpoint postponed: the last "
+                                         f"{self.guard.skipped_in_a_row} step(s) were non-finite")
                 if self.step < last_step:
                     self.stop_request = self.preemption.poll()  # one collective, every rank
                 if self.stop_request is not None:
@@ -239,13 +287,45 @@ class Trainer:
                     break
             status = "FINISHED" if self.stop_request is None else "KILLED"
         except TrainingDiverged as err:
-            progress.message(f"stopped: {err}")
-            raise
+            diverged = TrainingDiverged(f"{err}; {self._set_aside_diverged()}")
+            progress.message(f"stopped: {diverged}")
+            raise diverged from None
         finally:
             progress.close()
             self.preemption.close()
             self.tracker.finish(status)
+            self.close()
         return {**metrics, "step": self.step, "val_loss": self.last_val_loss}
+
+    def _set_aside_diverged(self) -> str:
+        """The weights of the step before a non-finite streak produced it (skipped steps change
+        nothing): a checkpoint of that step or later would diverge again, whatever the lr, so it is
+        renamed `diverged-step-N` and resume=auto takes the one before. Returns the advice."""
+        first_bad = self.step + 2 - self.guard.skipped_in_a_row  # self.step: the last applied step
+        root = self.checkpoints.root
+        set_aside = [p for p in list_complete(root) if step_of(p) >= first_bad - 1]
+        self.env.barrier()
+        if self.env.is_rank0:
+            for path in set_aside:
+                target = root / f"diverged-{path.name}"
+                for n in range(2, 1000):  # an earlier divergence set aside the same step: keep both
+                    if not target.exists():
+                        break
+                    target = root / f"diverged-{path.name}.{n}"
+                path.replace(target)
+        self.env.barrier()
+        good = find_latest(root)
+        moved = (f"{', '.join(p.name for p in set_aside)} (the weights that diverged) set aside as "
+                 f"diverged-*; " if set_aside else "")
+        then = (f"it continues from {good}" if good is not None
+                else "no earlier checkpoint exists, so it starts over")
+        return (f"{moved}lower optim.lr (or raise optim.warmup_steps) and rerun with "
+                f"train.resume=auto: {then}")
+
+    def close(self) -> None:
+        """Release the run directory (run() does this when it ends)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def _save_and_report(self, progress: ProgressReporter) -> Path:
         # the write time is what launch.signal_grace_s must cover (docs/slurm.md)

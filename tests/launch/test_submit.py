@@ -49,24 +49,24 @@ def test_dry_run_prints_a_valid_script_and_the_config_and_submits_nothing(tmp_pa
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: a dry run must not need one
     out = tmp_path / "run"
     code = main(["submit", "smoke", *TINY, f"train.out_dir={out}", "launch.signal_grace_s=300",
-                 "train.global_batch_size=16",
-                 "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--account", "proj",
+                 "train.global_batch_size=8",
+                 "--nodes", "2", "--gpus-per-node", "2", "--partition", "gpu", "--account", "proj",
                  "--qos", "high", "--time", "2:00:00", "--dry-run"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     script, config = captured.out.split("# ---- resolved config ----\n")
     for line in ["#SBATCH --nodes=2", "#SBATCH --requeue", "#SBATCH --signal=USR1@300",
-                 "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu", "#SBATCH --account=proj",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --partition=gpu", "#SBATCH --account=proj",
                  "#SBATCH --qos=high", "#SBATCH --time=2:00:00", f"#SBATCH --output={out}/slurm/slurm-%j.out",
                  f"#SBATCH --error={out}/slurm/slurm-%j.err", "export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=300"]:
         assert line in script.splitlines(), line
-    assert "--nnodes=2 --nproc-per-node=4" in script and "--rdzv-backend=c10d" in script
+    assert "--nnodes=2 --nproc-per-node=2" in script and "--rdzv-backend=c10d" in script
     assert script.rstrip().endswith("train.resume=auto")
     assert subprocess.run(["/bin/bash", "-n"], input=script, text=True).returncode == 0  # valid shell
     resolved = yaml.safe_load(config)
     assert resolved["launch"]["nodes"] == 2 and resolved["train"]["resume"] == "auto"
-    assert "checks passed for 8 ranks" in captured.err
-    assert not (out / "slurm").exists()  # nothing written but the probed checkpoint dir
+    assert "checks passed for 4 ranks" in captured.err
+    assert not out.exists()  # issue 18 item 7: a dry run writes nothing
 
 
 def test_zero_grace_sends_no_early_signal_but_torchrun_still_waits_for_the_checkpoint(tmp_path, capsys):
@@ -108,11 +108,13 @@ def _bad_template(tmp_path: Path) -> str:
      "launch 4 processes or set "
      "parallel.dp=-1 (the job has 2 node(s) x 1 per node)"),
     (["data.train_path=/nonexistent/*.jsonl.zst"], "/nonexistent"),
-    ([_unwritable], "cannot write checkpoints to"),
+    ([_unwritable], "cannot write checkpoints there"),
+    (["--gpus-per-node", "8", "train.global_batch_size=32"],  # issue 18 item 7: 16 readers, 4 shards
+     "deals whole shards to 16 data-parallel ranks x 1 workers = 16 readers"),
     ([_bad_template], "uses unknown placeholder(s) {{TRAIN_ARG}}"),
     (["train.resume=none"], "a submitted job always resumes with train.resume=auto"),
     (["--time", "1"], "launch.signal_grace_s (120) must be shorter than launch.time (1 = 60 s)"),
-], ids=["ranks-vs-batch", "ranks-vs-parallel", "data-path", "checkpoint-dir", "template", "resume",
+], ids=["ranks-vs-batch", "ranks-vs-parallel", "data-path", "checkpoint-dir", "shards", "template", "resume",
         "grace-vs-time"])
 def test_dry_run_on_a_bad_config_fails_with_the_reason(tmp_path, capsys, args, reason):
     args = [a(tmp_path) if callable(a) else a for a in args]
@@ -136,6 +138,13 @@ def test_launch_local_checks_the_run_before_starting_torchrun(tmp_path, capsys):
     code = main(["launch", "local", "smoke", *TINY, f"train.out_dir={tmp_path / 'run'}", "--nproc", "3"])
     assert code == 2
     assert "not a multiple of train.micro_batch_size=2 x 3" in capsys.readouterr().err
+    # issue 18 item 7: 5 ranks on the 4-shard data died on every rank after the model was built
+    code = main(["launch", "local", "smoke", *TINY, f"train.out_dir={tmp_path / 'run'}", "--nproc", "5",
+                 "train.global_batch_size=10"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "5 readers, but data.train_path=data/embedded/train/*.jsonl.zst has only 4 shards" in err
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,12 +42,20 @@ def assert_bf16_follows_fp32(bf16: dict, fp32: dict, label: str) -> None:
     assert bf16[20] < bf16[1] - 0.5, (label, bf16[1], bf16[20])   # and it trains
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_bf16_single_process_follows_fp32(tmp_path, family):
+# every family, and the Meta-State variants whose SSE goes through other ops: the learned-matrix
+# ablation (an einsum that autocast runs in bf16) and C_s != C (W_in)
+SINGLE_PROCESS = {family: [f"model.family={family}"] for family in FAMILIES} | {
+    "metastate sse=learned": ["model.family=metastate", "model.sse=learned"],
+    "metastate d_state=128": ["model.family=metastate", "model.d_state=128"],
+}
+
+
+@pytest.mark.parametrize("variant", SINGLE_PROCESS)
+def test_bf16_single_process_follows_fp32(tmp_path, variant):
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    fp32, bf16 = (train(tmp_path / dtype, env, f"model.family={family}", f"train.dtype={dtype}")
+    fp32, bf16 = (train(tmp_path / dtype, env, *SINGLE_PROCESS[variant], f"train.dtype={dtype}")
                   for dtype in ("fp32", "bf16"))
-    assert_bf16_follows_fp32(bf16, fp32, family)
+    assert_bf16_follows_fp32(bf16, fp32, variant)
 
 
 def train_every_family_distributed(rank: int, world: int, port: int, root: str, layout: list[str]):

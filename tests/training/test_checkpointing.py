@@ -13,6 +13,8 @@ from training.checkpointing import (
     LATEST,
     CheckpointError,
     CheckpointManager,
+    crc32_of,
+    find_checkpoint,
     find_latest,
     read_manifest,
     resolve_resume,
@@ -34,7 +36,9 @@ def test_save_publishes_directory_manifest_and_latest(tmp_path):
     path = manager.save(10, save_tensor(10), {"config": {"a": 1}})
     assert path.name == "step-00000010"
     assert (tmp_path / LATEST).read_text().strip() == "step-00000010"
-    assert read_manifest(path) == {"step": 10, "config": {"a": 1}}
+    size = (path / "model.pt").stat().st_size
+    files = {"model.pt": {"size": size, "crc32": crc32_of(path / "model.pt")}}
+    assert read_manifest(path) == {"step": 10, "config": {"a": 1}, "files": files}
     assert load_tensor(path).tolist() == [10.0] * 3
     assert not list(tmp_path.glob(".partial-*"))
 
@@ -80,14 +84,18 @@ def test_process_killed_mid_save_leaves_previous_checkpoint_loadable(tmp_path):
     assert find_latest(tmp_path).name == "step-00000002"
 
 
-def test_resume_follows_the_pointer_and_falls_back_to_the_newest(tmp_path):
+def test_resume_scans_step_directories_and_never_trusts_the_pointer(tmp_path):
+    # issue 18 item 5: a kill between publish and pointer update resumed 5 steps back, and a
+    # pointer outside the run directory was followed
     manager = CheckpointManager(tmp_path)
     manager.save(1, save_tensor(1), {})
     manager.save(2, save_tensor(2), {})
-    (tmp_path / LATEST).write_text("step-00000001\n")  # a crash before the pointer moved
-    assert resolve_resume("auto", tmp_path).name == "step-00000001"
-    (tmp_path / LATEST).write_text("step-00000007\n")  # names nothing loadable
-    assert resolve_resume("auto", tmp_path).name == "step-00000002"
+    elsewhere = tmp_path.parent / "elsewhere"
+    CheckpointManager(elsewhere).save(9, save_tensor(9), {})
+    for pointer in (b"step-00000001\n", b"step-00000007\n", b"../elsewhere/step-00000009\n",
+                    str(elsewhere / "step-00000009").encode(), b"\xff\xfe\x00binary"):
+        (tmp_path / LATEST).write_bytes(pointer)
+        assert resolve_resume("auto", tmp_path) == tmp_path / "step-00000002"
 
 
 def test_resuming_from_an_earlier_step_sets_the_abandoned_timeline_aside(tmp_path):
@@ -146,7 +154,7 @@ def test_full_disk_reports_and_keeps_last_good_checkpoint(tmp_path):
         (d / "model.pt").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    expected = r"No space left on device; free disk space.*step-00000001 is intact"
+    expected = r"No space left on device; \d+ MiB free there; free disk space.*step-00000001 is intact"
     with pytest.raises(CheckpointError, match=expected):
         manager.save(2, disk_full, {})
     assert not list(tmp_path.glob(".partial-*"))
@@ -168,3 +176,72 @@ def test_resolve_resume_modes(tmp_path):
     assert resolve_resume(str(run_dir / "checkpoints"), tmp_path).name == "step-00000007"
     with pytest.raises(CheckpointError, match="already holds checkpoints up to step-00000007.*resume=auto"):
         resolve_resume("none", run_dir / "checkpoints")
+
+
+def _three_checkpoints(root):
+    manager = CheckpointManager(root, keep_last=0)
+    for step in (2, 4, 6):
+        manager.save(step, save_tensor(step), {"config": {}})
+    return root / "step-00000006"
+
+
+def _truncate(file):
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _flip_a_byte(file):
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda d: _truncate(d / "model.pt"), "model.pt has .* bytes, the manifest says"),
+    (lambda d: _flip_a_byte(d / "model.pt"), "model.pt fails its CRC-32 check"),
+    (lambda d: (d / "model.pt").unlink(), "model.pt is missing"),
+    (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json is unreadable"),
+    (lambda d: (d / "manifest.json").write_bytes(b"\xff\xfe\x00"), "manifest.json is unreadable"),
+])
+def test_resume_falls_back_past_a_damaged_newest_checkpoint_and_says_why(tmp_path, caplog, damage, reason):
+    # issue 18 item 4: a damaged newest checkpoint stopped everything
+    newest = _three_checkpoints(tmp_path)
+    damage(newest)
+    with caplog.at_level("WARNING", logger="metastate.checkpoint"):
+        assert resolve_resume("auto", tmp_path) == tmp_path / "step-00000004"
+    assert find_latest(tmp_path) == tmp_path / "step-00000004"
+    assert find_checkpoint(tmp_path) == tmp_path / "step-00000004"   # eval/export/expand
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "step-00000006" in line and "using step-00000004" in line
+    assert __import__("re").search(reason, line), line
+    with pytest.raises(CheckpointError, match="step-00000006: " + reason):
+        find_checkpoint(newest)  # an explicitly named checkpoint must verify
+
+
+def test_a_failed_torch_write_is_one_line_with_free_space_and_leaves_no_partial(tmp_path, monkeypatch):
+    # issue 18 item 3: torch.save on a full disk raised RuntimeError (not an OSError), which escaped
+    # as a traceback and left .partial-step-N filling the disk
+    manager = CheckpointManager(tmp_path)
+    manager.save(2, save_tensor(2), {})
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as failure:
+        manager.save(4, lambda d: torch.save({}, d / "model.pt"), {})
+    message = str(failure.value)
+    assert "\n" not in message and "step 4" in message and str(tmp_path / "step-00000004") in message
+    assert "MiB free there" in message and "step-00000002 is intact" in message
+    assert not list(tmp_path.glob(".partial-*"))
+    monkeypatch.undo()
+    assert find_latest(tmp_path) == tmp_path / "step-00000002"
+
+
+def test_big_files_are_listed_by_size_only(tmp_path, monkeypatch):
+    import training.checkpointing as checkpointing
+
+    monkeypatch.setattr(checkpointing, "CRC_MAX_BYTES", 100)
+    (tmp_path / "small.bin").write_bytes(b"x" * 100)
+    (tmp_path / "big.bin").write_bytes(b"x" * 101)
+    listed = checkpointing.file_checksums(tmp_path)
+    assert listed["small.bin"]["crc32"] is not None and listed["big.bin"] == {"size": 101, "crc32": None}

@@ -50,3 +50,19 @@ def test_dotted_global_inside_an_allowed_module_is_refused(tmp_path):
     with pytest.raises(safe_dcp.UnsafeCheckpointError, match="os.system"):
         safe_dcp.load({"w": torch.zeros(2)}, tmp_path / "ckpt")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["shard", "metadata"])
+def test_a_damaged_file_is_a_checkpoint_error_not_a_traceback(tmp_path, damage):
+    # a checkpoint written before manifests listed their files gets no size check: the load
+    # itself must still fail in one line
+    from training.checkpointing import CheckpointError
+
+    state = {"model": {"w": torch.arange(1000.0)}}
+    safe_dcp.save(state, tmp_path / "ckpt")
+    shard = next((tmp_path / "ckpt").glob("*.distcp"))
+    target = (tmp_path / "ckpt" / ".metadata") if damage == "metadata" else shard
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 3])
+    with pytest.raises((CheckpointError, safe_dcp.UnsafeCheckpointError)) as failure:
+        safe_dcp.load({"model": {"w": torch.zeros(1000)}}, tmp_path / "ckpt")
+    assert str(tmp_path / "ckpt") in str(failure.value) and "\n" not in str(failure.value)

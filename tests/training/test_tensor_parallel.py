@@ -125,8 +125,17 @@ def test_tp2_logits_and_gradients_equal_single_device_and_one_all_reduce_per_sub
 
 
 def train_one_process(out_dir, *overrides):
+    """The single-device run the tp runs are compared with, on one thread like each of their
+    ranks (run_cli sets OMP_NUM_THREADS=1): with two threads the BLAS reduction order differs,
+    and AdamW turns that round-off in near-zero gradients into lr-sized steps (one weight entry
+    3e-3 apart after 5 steps on this machine's CPU)."""
     cfg = load_run_config("smoke", [*TINY, f"train.out_dir={out_dir}", *overrides])
-    Trainer(cfg, CPU).run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(cfg, CPU).run()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def losses(out_dir) -> dict[int, float]:

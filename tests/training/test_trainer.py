@@ -60,9 +60,11 @@ def test_non_finite_guard_stops_with_last_good_checkpoint(tmp_path):
     rows = MetricsLog.read(out / "metrics.jsonl")
     first_skip = min(step for step, row in rows.items() if row["skipped_steps"] == 1)
     assert max(rows) == first_skip  # the second bad step in a row raises before it is logged
-    # the skipped step left the weights untouched, so its checkpoint is the last good state
+    # the weights saved before the streak produced it: that checkpoint and later ones are set
+    # aside, so the one resume=auto picks is the last whose next step was finite
     latest = find_latest(out / "checkpoints")
-    assert latest.name == f"step-{first_skip:08d}"
+    assert latest.name == f"step-{first_skip - 2:08d}"
+    assert (out / "checkpoints" / f"diverged-step-{first_skip - 1:08d}").is_dir()
     weights = load_file(str(export_safetensors(latest)))
     assert all(torch.isfinite(t).all() for t in weights.values())
 
