@@ -94,6 +94,12 @@ def test_every_torchrun_rank_refuses_a_held_out_dir_before_the_process_group_sta
         holder.wait()
     assert proc.returncode != 0
     refusals = [line for line in proc.stderr.splitlines() if f"is in use by pid {holder.pid}" in line]
-    assert len(refusals) == 2, proc.stderr[-3000:]  # one line per rank, no rank got further
-    # torchrun's agent reports the failed ranks with its own traceback; none comes from a rank
-    assert f'File "{REPO}' not in proc.stderr
+    # one line per rank that got to say it: torchrun SIGTERMs the other rank as soon as the first
+    # exits, which can be before that rank has printed its own refusal
+    assert 1 <= len(refusals) <= 2, proc.stderr[-3000:]
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+    # torchrun's agent reports the failed ranks with its own traceback (from site-packages, which
+    # may live inside the repository's .venv); none comes from the project's code
+    ours = [line for line in proc.stderr.splitlines()
+            if f'File "{REPO}' in line and "site-packages" not in line]
+    assert not ours, proc.stderr[-3000:]
