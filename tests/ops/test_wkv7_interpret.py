@@ -86,7 +86,7 @@ def test_fast_settings_are_what_the_backend_passes():
     assert fla_call_settings(chunk_rwkv7, fast=False) == {}
 
     def older_fla(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False):
-        pass
+        """The signature of fla versions before the fast RWKV-7 arguments."""
 
     assert fla_call_settings(older_fla) == {}      # versions without the arguments: the plain call
 

@@ -25,6 +25,20 @@ def run_cli(args, nproc=1, timeout=600, env=None):
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def train_in_process(out_dir, *overrides):
+    """One single-process run of the tiny smoke config in this process; returns the Trainer."""
+    import torch
+
+    from launch.run_config import load_run_config
+    from training.distributed import DistEnv
+    from training.trainer import Trainer
+
+    cfg = load_run_config("smoke", [*TINY, f"train.out_dir={out_dir}", *overrides])
+    trainer = Trainer(cfg, DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+    trainer.run()
+    return trainer
+
+
 def free_port():
     import socket
 

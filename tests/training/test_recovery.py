@@ -7,23 +7,14 @@ import logging
 import pytest
 import torch
 
-from launch.run_config import load_run_config
 from training.checkpointing import list_complete
 from training.distributed import DistEnv
 from training.monitors import MetricsLog
 from training.schedule import lr_multiplier
-from training.trainer import Trainer
 
-from .conftest import TINY, run_cli
+from .conftest import TINY, run_cli, train_in_process
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-
-
-def train_in_process(out_dir, *overrides):
-    cfg = load_run_config("smoke", [*TINY, f"train.out_dir={out_dir}", *overrides])
-    trainer = Trainer(cfg, CPU)
-    trainer.run()
-    return trainer
 
 
 def logged_steps(out_dir):

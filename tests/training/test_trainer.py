@@ -4,23 +4,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launch.run_config import load_run_config
 from training.checkpointing import find_latest, read_manifest
 from training.distributed import DistEnv
 from training.export import export_safetensors
 from training.monitors import MetricsLog
-from training.trainer import Trainer
 
-from .conftest import TINY, run_cli
+from .conftest import TINY, run_cli, train_in_process
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-
-
-def train_in_process(out_dir, *overrides):
-    cfg = load_run_config("smoke", [*TINY, f"train.out_dir={out_dir}", *overrides])
-    trainer = Trainer(cfg, CPU)
-    trainer.run()
-    return trainer
 
 
 def losses(out_dir):
