@@ -2,7 +2,9 @@
 
 import argparse
 
-from launch.run_config import available_presets, find_preset, load_run_config, to_yaml
+from launch.run_config import available_presets, find_preset, load_run_config_with_origins, to_yaml
+
+ANNOTATED_SECTION = "model"            # its values come from presets, files and overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,9 +29,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def show_config(args: argparse.Namespace) -> int:
-    """Print the validated, resolved config. Example: `metastate config show demo train.steps=7`."""
-    print(to_yaml(load_run_config(args.config, args.overrides)), end="")
+    """Print the validated, resolved config, each model field with where its value came from.
+
+    Example: `metastate config show demo model.preset=metastate-150m model.n_layer=12`.
+    """
+    cfg, origins = load_run_config_with_origins(args.config, args.overrides)
+    print(annotate_origins(to_yaml(cfg), origins, ANNOTATED_SECTION), end="")
     return 0
+
+
+def annotate_origins(text: str, origins: dict[str, str], section: str) -> str:
+    """`  n_layer: 12` -> `  n_layer: 12  # command-line override 'model.n_layer=12'` for each
+    top-level key of `section` in the YAML `text` (a YAML comment, so the output still parses)."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if not line.startswith(" "):
+            inside = line == f"{section}:"
+        elif inside and line.startswith("  ") and not line.startswith("   ") and ":" in line:
+            key = f"{section}.{line.strip().split(':', 1)[0]}"
+            line += f"  # {origins.get(key, 'schema default')}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def list_presets(args: argparse.Namespace) -> int:

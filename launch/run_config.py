@@ -7,6 +7,7 @@ the dotted key, where the value came from, and the nearest valid key or choice.
 """
 
 import difflib
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -20,6 +21,7 @@ from data_pipeline.config import DataConfig
 from evals.config import EvalConfig
 from launch.config import LaunchConfig
 from launch.config_checks import check_run_config
+from launch.model_preset_layer import ModelPresetLayer, family_conflict, pop_model_preset
 from launch.presets import (
     BASE_KEY,
     ConfigError,
@@ -41,7 +43,7 @@ from training.config import (
 )
 
 __all__ = [
-    "ConfigError", "RunConfig", "load_run_config", "to_yaml", "to_plain_dict",
+    "ConfigError", "RunConfig", "load_run_config", "load_run_config_with_origins", "to_yaml", "to_plain_dict",
     "find_preset", "available_presets",
 ]
 
@@ -60,6 +62,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+_UNSET_ENV = re.compile(r"Environment variable '([^']+)' not found")
+
+
 # ---------------------------------------------------------------------------------------------
 # Public API
 
@@ -75,22 +80,40 @@ def load_run_config(path_or_name: str | Path, overrides: Sequence[str] = ()) -> 
         >>> cfg.train.steps, cfg.model.n_layer
         (10, 4)
     """
+    return load_run_config_with_origins(path_or_name, overrides)[0]
+
+
+def load_run_config_with_origins(path_or_name: str | Path, overrides: Sequence[str] = ()
+                                 ) -> tuple[DictConfig, dict[str, str]]:
+    """`load_run_config`, plus where each set key came from: {"train.steps": "configs/demo.yaml"}.
+
+    Keys left at their schema default are absent. Example:
+        >>> cfg, origins = load_run_config_with_origins("demo", ["model.preset=rwkv7-tiny"])
+        >>> origins["model.n_layer"]
+        "model.preset=rwkv7-tiny in command-line override 'model.preset=rwkv7-tiny'"
+    """
     if isinstance(overrides, str):
         raise TypeError(f"overrides must be a list of 'key=value' strings, got the string "
                         f"{overrides!r}; wrap it in a list")
     cfg = OmegaConf.structured(RunConfig)
     origins: dict[str, str] = {}
     problems: list[str] = []
+    model_preset = None
     for path in preset_chain(find_preset(path_or_name)):
         tree = read_preset(path)
         tree.pop(BASE_KEY, None)
+        model_preset = _apply_model_preset(cfg, tree, display_path(path), origins) or model_preset
         unknown = _apply_tree(cfg, tree, display_path(path), origins, problems)
         problems[:0] = _unknown_keys_problem(unknown, f"in {display_path(path)}")
     unknown = []
     for item in overrides:
         source = f"command-line override '{item}'"
-        unknown += _apply_tree(cfg, parse_override(item), source, origins, problems)
+        tree = parse_override(item)
+        model_preset = _apply_model_preset(cfg, tree, source, origins) or model_preset
+        unknown += _apply_tree(cfg, tree, source, origins, problems)
     problems[:0] = _unknown_keys_problem(unknown, "on the command line")
+    problems += family_conflict(model_preset, cfg.model.family,
+                                origins.get("model.family", "the schema defaults"))
     if problems:
         raise ConfigError("; ".join(problems))
     try:
@@ -98,11 +121,25 @@ def load_run_config(path_or_name: str | Path, overrides: Sequence[str] = ()) -> 
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", "") or "?"
         reason = str(error).splitlines()[0]
+        unset = _UNSET_ENV.search(reason)
+        if unset:  # `${oc.env:VAR}`: say what to do, not which KeyError omegaconf caught
+            raise ConfigError(f"{key} {_from(origins, key)} needs the environment variable "
+                              f"{unset[1]}, which is not set; export {unset[1]}=... or pass "
+                              f"{key}=... on the command line") from None
         raise ConfigError(f"cannot resolve '{key}' {_from(origins, key)}: {reason}") from None
     problems = check_run_config(cfg, origins)
     if problems:
         raise ConfigError("; ".join(problems))
-    return cfg
+    return cfg, origins
+
+
+def _apply_model_preset(cfg: DictConfig, tree: dict, source: str,
+                        origins: dict[str, str]) -> ModelPresetLayer | None:
+    """Apply the `model.preset` a layer names (before the layer's own keys, which override it)."""
+    preset = pop_model_preset(tree, source)
+    if preset is not None:
+        _apply_tree(cfg, preset.tree, preset.origin, origins, [])
+    return preset
 
 
 def to_yaml(cfg: DictConfig) -> str:
