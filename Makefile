@@ -29,8 +29,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Each demo run gets its own runs/demo-<time>; runs/demo then links to the newest, so the README's
+# examples (metastate eval runs/demo, ...) work right after. DEMO_ARGS adds overrides
+# (make demo DEMO_ARGS="train.steps=20"). A real runs/demo directory (from `metastate train demo`)
+# is left alone.
+DEMO_ARGS ?=
 demo: setup
-	$(BIN)/metastate train demo train.out_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
+	@run=demo-$$(date +%Y%m%d-%H%M%S); \
+	$(BIN)/metastate train demo train.out_dir=runs/$$run $(DEMO_ARGS) || exit $$?; \
+	if [ -L runs/demo ] || [ ! -e runs/demo ]; then \
+		ln -sfn $$run runs/demo && echo "runs/demo -> runs/$$run (the README's examples use runs/demo)"; \
+	else echo "runs/demo is a directory, not a link: left as it is; the new run is runs/$$run"; fi
 
 test: setup
 	$(BIN)/ruff check .

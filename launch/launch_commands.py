@@ -45,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Render an sbatch script (one torchrun per node through srun, rendezvous on the "
                     "first node, --requeue, SIGUSR1 before the time limit, train.resume=auto), check "
                     "the run, and submit it with sbatch. Prints the job id.",
-        epilog="example: metastate submit demo train.steps=20000 --nodes 4 --gpus-per-node 8 "
-               "--partition gpu --time 24:00:00")
+        epilog="example: metastate submit configs/pile/metastate-150m.yaml --nodes 4 --gpus-per-node 8 "
+               "--partition gpu --time 24:00:00 --dry-run  (recipes: docs/recipes.md)")
     submit.add_argument("config", metavar="CONFIG", help="preset name (demo) or YAML path")
     submit.add_argument("overrides", metavar="key=value", nargs="*", help="dotted overrides")
     flags = {"--nodes": ("nodes", int), "--gpus-per-node": ("gpus_per_node", int),
@@ -67,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "local", help="torchrun on this machine",
         description="Check the run for N ranks, then exec torchrun --standalone with N processes "
                     "running `metastate train` (SIGUSR1/SIGTERM checkpoint and stop, exit code 75).",
-        epilog="example: metastate launch local demo --nproc 8 parallel.backend=fsdp2")
+        epilog="example: metastate launch local demo --nproc 2 train.micro_batch_size=4 "
+               "parallel.backend=fsdp2  (the global batch must split into micro batch x ranks)")
     local.add_argument("config", metavar="CONFIG", help="preset name (demo) or YAML path")
     local.add_argument("overrides", metavar="key=value", nargs="*", help="dotted overrides")
     local.add_argument("--nproc", type=int, default=None,
@@ -78,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def submit_command(args: argparse.Namespace) -> int:
-    """Example: `metastate submit demo --nodes 2 --gpus-per-node 8 --time 12:00:00 --dry-run`."""
+    """Example: `metastate submit demo --nodes 2 --gpus-per-node 2 --time 1:00:00 --dry-run
+    train.micro_batch_size=2` (the global batch of 8 split over 4 ranks)."""
     for item in args.overrides:
         if item.startswith("train.resume=") and item != RESUME_AUTO:
             raise ConfigError(f"'{item}': a submitted job always resumes with {RESUME_AUTO} (a requeued job "
@@ -106,7 +108,7 @@ def submit_command(args: argparse.Namespace) -> int:
 
 
 def launch_local_command(args: argparse.Namespace) -> int:
-    """Example: `metastate launch local demo --nproc 2 train.steps=100`. Replaces this process
+    """Example: `metastate launch local demo --nproc 2 train.micro_batch_size=4`. Replaces this process
     with torchrun, so signals sent to it reach torchrun (and through it, every rank)."""
     cfg = load_run_config(args.config, args.overrides)
     nproc = args.nproc if args.nproc is not None else cfg.launch.gpus_per_node

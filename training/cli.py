@@ -133,7 +133,11 @@ def train_command(args: argparse.Namespace) -> int:
         return PREEMPTED_EXIT_CODE
     if env.is_rank0:
         if result.get("val_loss") is not None:
-            print(f"final validation loss: {result['val_loss']:.4f} at step {result['step']}")
+            from training.parallelize import mesh_shape
+            from training.validation import final_validation_line
+
+            dp_size, _ = mesh_shape(cfg.parallel, world_size)
+            print(final_validation_line(result["val_loss"], result["step"], cfg, dp_size))
         print(f"checkpoints: {Path(cfg.train.out_dir) / 'checkpoints'}")
         print(f"metrics: {trainer.how_to_view()}")
     return 0

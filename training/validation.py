@@ -43,3 +43,19 @@ class ValidationWindows:
         model.train(was_training)
         loss_sum, count = self.env.all_reduce_sum(total).tolist()
         return loss_sum / count
+
+
+def final_validation_line(val_loss: float, step: int, cfg, data_parallel_ranks: int) -> str:
+    """What `metastate train` closes with: the last periodic validation loss, saying which tokens
+    it covers, because `metastate eval` scores a longer stretch of the split and differs.
+
+    Example: final_validation_line(6.08, 150, load_run_config("demo"), 1) ->
+    "final validation loss: 6.0800 at step 150 (periodic check: the first 4,096 tokens of the val
+    split; `metastate eval runs/demo --split val` scores eval.max_tokens=65,536, a different number)"
+    """
+    t = cfg.train
+    tokens = t.eval_batches * t.micro_batch_size * data_parallel_ranks * cfg.data.seq_len
+    scope = f"eval.max_tokens={cfg.eval.max_tokens:,}" if cfg.eval.max_tokens else "the whole split"
+    return (f"final validation loss: {val_loss:.4f} at step {step} (periodic check: the first "
+            f"{tokens:,} tokens of the val split; `metastate eval {t.out_dir} --split val` scores {scope}, "
+            f"a different number)")
