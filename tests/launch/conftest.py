@@ -1,9 +1,13 @@
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from .slurm_cluster import SlurmCluster, SlurmUnavailable
+
+REPO = Path(__file__).resolve().parents[2]
 
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -41,3 +45,18 @@ def wait_for_job(cluster: SlurmCluster, job_id: str, timeout_s: float = 240) -> 
         time.sleep(1)
     subprocess.run(["scancel", job_id], env=cluster.env, timeout=30)
     raise AssertionError(f"job {job_id} not finished after {timeout_s}s: {job_fields(cluster, job_id)}")
+
+
+@pytest.fixture(scope="session")
+def pile_dir(tmp_path_factory) -> Path:
+    """A directory in the Pile's layout as configs/pile/ expects it (docs/recipes.md): megatron/
+    with one tiny preprocessed shard, val.jsonl.zst and test.jsonl.zst beside it."""
+    from launch.cli import main
+
+    root = tmp_path_factory.mktemp("pile")
+    assert main(["preprocess", "--input", str(REPO / "data/embedded/train/00.jsonl.zst"),
+                 "--output", str(root / "megatron"), "--format", "megatron", "--no-progress",
+                 "--workers", "1"]) == 0
+    for split in ("val", "test"):
+        shutil.copy(REPO / f"data/embedded/{split}.jsonl.zst", root / f"{split}.jsonl.zst")
+    return root

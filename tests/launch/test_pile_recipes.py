@@ -3,7 +3,6 @@
 
 import dataclasses
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,6 @@ RECIPES = [f"{family}-{size}" for size in ("150m", "450m")
 PEAK_BF16_FLOPS = 989.4e12             # H100 SXM and H200 SXM, dense bf16 (docs/recipes.md)
 MFU = 0.40
 SUBMIT = ["--nodes", "4", "--gpus-per-node", "8", "--time", "24:00:00", "--dry-run"]
-
-
-@pytest.fixture(scope="module")
-def pile_dir(tmp_path_factory) -> Path:
-    """A Pile-shaped directory: megatron/ with one tiny preprocessed shard, val and test beside it."""
-    root = tmp_path_factory.mktemp("pile")
-    assert main(["preprocess", "--input", str(REPO / "data/embedded/train/00.jsonl.zst"),
-                 "--output", str(root / "megatron"), "--format", "megatron", "--no-progress",
-                 "--workers", "1"]) == 0
-    for split in ("val", "test"):
-        shutil.copy(REPO / f"data/embedded/{split}.jsonl.zst", root / f"{split}.jsonl.zst")
-    return root
 
 
 def recipe(name: str) -> str:

@@ -98,16 +98,12 @@ def scale_out_launch(command: str) -> tuple[str, list[str], int] | None:
     return None
 
 
-def test_every_scale_out_command_passes_the_checks_before_launch(tmp_path, monkeypatch, capsys):
+def test_every_scale_out_command_passes_the_checks_before_launch(pile_dir, tmp_path, monkeypatch,
+                                                                capsys):
     """torchrun and `launch local` lines are checked for their rank count as a launch checks them
     (batch split, mesh, data, run directory) and `submit --dry-run` lines run as written; only
     GPUs and the Pile itself are stood in for (one tiny shard in the Pile's layout)."""
-    pile = tmp_path / "pile"
-    assert main(["preprocess", "--input", str(REPO / "data/embedded/train/00.jsonl.zst"), "--output",
-                 str(pile / "megatron"), "--format", "megatron", "--no-progress", "--workers", "1"]) == 0
-    for split in ("val", "test"):
-        (pile / f"{split}.jsonl.zst").symlink_to(REPO / f"data/embedded/{split}.jsonl.zst")
-    monkeypatch.setenv("METASTATE_PILE", str(pile))
+    monkeypatch.setenv("METASTATE_PILE", str(pile_dir))
     monkeypatch.chdir(REPO)  # configs/pile/... are paths from the repository root
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: a dry run must not need one
     checked = 0
