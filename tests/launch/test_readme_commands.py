@@ -59,7 +59,7 @@ def test_every_use_command_runs_verbatim_after_make_demo(checkout):
                                 text=True, timeout=300)
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     for made in ("runs/demo/checkpoints", "runs/small/checkpoints", "runs/grown/config.yaml",
-                 "curves.png", "runs/val-tok/manifest.json"):
+                 "runs/curves.png", "runs/val-tok/manifest.json"):
         assert (checkout / made).exists(), made
 
 
