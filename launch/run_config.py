@@ -21,7 +21,7 @@ from data_pipeline.config import DataConfig
 from evals.config import EvalConfig
 from launch.config import LaunchConfig
 from launch.config_checks import check_run_config
-from launch.model_preset_layer import ModelPresetLayer, family_conflict, pop_model_preset
+from launch.model_preset_layer import PRESET_KEY, ModelPresetLayer, family_conflict, pop_model_preset
 from launch.presets import (
     BASE_KEY,
     ConfigError,
@@ -187,6 +187,11 @@ def _apply_tree(cfg: DictConfig, tree: dict, source: str, origins: dict[str, str
     return unknown
 
 
+def _settable_keys() -> list[str]:
+    """Every key a layer may set: the schema's, plus `model.preset` (expanded before the schema)."""
+    return _all_keys() + [f"model.{PRESET_KEY}"]
+
+
 def _unknown_keys_problem(unknown: list[tuple[str, str]], where: str) -> list[str]:
     if len(unknown) == 1:
         key, hint = unknown[0]
@@ -231,7 +236,7 @@ def _leaf_keys(value: Any, key: str) -> list[str]:
 def _suggest_key(key: str) -> str | None:
     """The nearest valid key: a sibling, then the same name in another section, then (only when
     the section itself is unknown) any key."""
-    all_keys = _all_keys()
+    all_keys = _settable_keys()
     parent, _, name = key.rpartition(".")
     siblings = [k.rpartition(".")[2] for k in all_keys if k.rpartition(".")[0] == parent]
     match = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
@@ -249,7 +254,7 @@ def _suggest_key(key: str) -> str | None:
 
 def _valid_keys_hint(prefix: str) -> str:
     parent = prefix.rstrip(".")
-    keys = [k.rpartition(".")[2] for k in _all_keys() if k.rpartition(".")[0] == parent]
+    keys = [k.rpartition(".")[2] for k in _settable_keys() if k.rpartition(".")[0] == parent]
     return f"{'valid keys of ' + repr(parent) if parent else 'valid sections'}: {', '.join(keys)}"
 
 

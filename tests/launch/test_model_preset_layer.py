@@ -81,3 +81,11 @@ def test_an_unset_environment_variable_is_a_one_line_error_saying_what_to_set():
                                           r"set; export METASTATE_TEST_UNSET=\.\.\. or pass "
                                           r"data.train_path=\.\.\. on the command line$"):
         load_run_config("demo", ["data.train_path=${oc.env:METASTATE_TEST_UNSET}/train"])
+
+
+def test_a_misspelt_preset_key_suggests_model_preset():
+    with pytest.raises(ConfigError, match=r"unknown key 'model.prest' on the command line; did you "
+                                          r"mean 'model.preset'\?"):
+        load_run_config("demo", ["model.prest=metastate-150m"])
+    with pytest.raises(ConfigError, match=r"unknown key 'preset' .* did you mean 'model.preset'\?"):
+        load_run_config("demo", ["preset=metastate-150m"])
