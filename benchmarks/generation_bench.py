@@ -7,8 +7,11 @@ switches from the environment and changes global torch settings at import):
 
 - `prefill tok/s`: one parallel pass over a `--prompt` token prompt (ours: `model(prompt)`;
   the package: `model.forward(prompt, None)`), fastest of `--repeats`;
-- `decode tok/s`: `--decode` single-token steps carrying the state (the generation loop's
-  call), fastest of `--repeats` timed loops after 3 warm-up steps.
+- `decode tok/s`: `--decode` single-token steps carrying the state (ours: `model.step`, the
+  generation loop's call), fastest of `--repeats` timed loops after 3 warm-up steps;
+- `weight reads` (a floor, not a runtime): one matrix-vector product per weight matrix of the
+  rwkv7 model (head included) and nothing else, i.e. what any fp32 runtime that reads each
+  weight once per token must spend; decode at B = 1 is bound by it.
 
 Our metastate and transformer families (the same width and depth, random weights) are timed
 the same way; the package has no counterpart for them. Runtimes alternate over `--rounds`
@@ -30,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RUNTIMES = ("ours rwkv7", "rwkv package", "ours metastate", "ours transformer")
+RUNTIMES = ("ours rwkv7", "rwkv package", "ours metastate", "ours transformer", "weight reads")
 
 
 def prompt_tokens(n: int) -> list[int]:
@@ -63,20 +66,37 @@ def time_ours(family: str, args, path: str) -> dict:
                                          d_model=args.d_model), ops_cfg)
     model.eval()
     prompt = torch.tensor([prompt_tokens(args.prompt)])
-    token = prompt[:, -1:]
+    token = prompt[:, -1]
     with torch.no_grad():
         prefill = best_seconds(lambda: model(prompt), args.repeats)
         _, state = model(prompt)
         for _ in range(3):
-            _, state = model(token, state)
+            _, state = model.step(token, state)
 
-        def decode():
+        def decode():   # the generation loop's call (model/generate.py)
             step_state = state
             for _ in range(args.decode):
-                _, step_state = model(token, step_state)
+                _, step_state = model.step(token, step_state)
 
         decode_s = best_seconds(decode, args.repeats)
     return {"prefill": args.prompt / prefill, "decode": args.decode / decode_s}
+
+
+def time_weight_reads(args, path: str) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    weights = [t for name, t in torch.load(path, map_location="cpu").items()
+               if t.dim() == 2 and min(t.shape) > 1 and name != "emb.weight"]
+    x = {n: torch.randn(1, n) for n in {w.shape[1] for w in weights}}
+
+    def read_all():
+        for _ in range(args.decode):
+            for w in weights:
+                F.linear(x[w.shape[1]], w)
+
+    read_all()
+    return {"prefill": float("nan"), "decode": args.decode / best_seconds(read_all, args.repeats)}
 
 
 def time_package(args, path: str) -> dict:
@@ -133,8 +153,12 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         runtime, path = args.one
-        result = (time_package(args, path) if runtime == "rwkv package"
-                  else time_ours(runtime.split()[1], args, path))
+        if runtime == "rwkv package":
+            result = time_package(args, path)
+        elif runtime == "weight reads":
+            result = time_weight_reads(args, path)
+        else:
+            result = time_ours(runtime.split()[1], args, path)
         print(json.dumps(result))
         return
     forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "one"]
@@ -158,8 +182,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for runtime in RUNTIMES:
         row = best[runtime]
-        print(f"| {runtime} | {row['prefill']:.1f} | {row['prefill'] / official['prefill']:.2f}x | "
-              f"{row['decode']:.1f} | {row['decode'] / official['decode']:.2f}x |")
+        prefill = (f"{row['prefill']:.1f} | {row['prefill'] / official['prefill']:.2f}x"
+                   if row["prefill"] == row["prefill"] else "- | -")   # NaN: no prefill
+        print(f"| {runtime} | {prefill} | {row['decode']:.1f} | "
+              f"{row['decode'] / official['decode']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from data_pipeline.tokenizer import EOS_ID
 from model import LanguageModel
+from model.token_ids import check_token_range
 
 SORT_BUFFER_BATCHES = 8    # documents are sorted by length within this many batches (less padding)
 
@@ -99,6 +100,8 @@ def window_losses(model: LanguageModel, inputs: torch.Tensor, targets: torch.Ten
     is the argmax [B, T], `context` tokens per forward pass: state carried across windows
     (recurrent families) or a window sliding by `stride` (transformer; 0 = context // 2)."""
     B, T = inputs.shape
+    check_token_range(inputs, model.cfg.vocab_size, "evaluation batch")
+    check_token_range(targets, model.cfg.vocab_size, "evaluation batch")
     stride = stride or max(1, context // 2)
     losses = torch.empty(B, T, dtype=torch.float32, device=inputs.device)
     greedy = torch.empty(B, T, dtype=torch.bool, device=inputs.device)

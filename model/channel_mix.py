@@ -26,6 +26,12 @@ class ChannelMix(nn.Module):
         orthogonal_(self.key.weight, 1.0)
         self.value.weight.zero_()
 
+    def step(self, x, shift_state):
+        """One token: x [B, C], shift state [B, C] or None. Returns (out [B, C], x), as `forward`
+        at T = 1."""
+        previous = torch.zeros_like(x) if shift_state is None else shift_state.to(x.dtype)
+        return self.value(torch.relu(self.key(torch.lerp(x, previous, self.x_k))) ** 2), x
+
     def forward(self, x, shift_state=None):
         """x: [B, T, C] (ln2-normalised). Returns (out [B, T, C], new shift state [B, C])."""
         k = x + (token_shift(x, shift_state) - x) * local(self.x_k)

@@ -1,14 +1,16 @@
 """Sampling with a carried state: one parallel pass over the prompt, then one token per step.
 
 The recurrent families carry constant-size state (token shifts, WKV and meta-states); the
-transformer carries its KV cache.
+transformer carries its KV cache. Each new token goes through `LanguageModel.step` (the
+one-token form). `model` is a LanguageModel; this module does not import it, so that
+LanguageModel.generate can call in here without an import cycle.
 """
 
 from collections.abc import Iterator
 
 import torch
 
-from model.language_model import LanguageModel
+from model.token_ids import check_token_range
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
@@ -26,7 +28,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def generate(model: LanguageModel, prompt_tokens, max_new_tokens: int, temperature: float = 1.0,
+def generate(model, prompt_tokens, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, seed: int | None = None) -> torch.Tensor:
     """Continue each prompt by `max_new_tokens` tokens; returns the new tokens [B, max_new].
 
@@ -44,7 +46,7 @@ def generate(model: LanguageModel, prompt_tokens, max_new_tokens: int, temperatu
     return torch.stack(new_tokens, dim=1)
 
 
-def iter_generate(model: LanguageModel, prompt_tokens, max_new_tokens: int, temperature: float = 1.0,
+def iter_generate(model, prompt_tokens, max_new_tokens: int, temperature: float = 1.0,
                   top_p: float = 1.0, seed: int | None = None) -> Iterator[torch.Tensor]:
     """`generate`, one step at a time: yields each new token [B] as soon as it is sampled (for
     streaming). Only the carried state is kept, so memory is constant in the number of tokens
@@ -69,17 +71,18 @@ def iter_generate(model: LanguageModel, prompt_tokens, max_new_tokens: int, temp
     try:
         with torch.no_grad():
             logits, state = model(prompt)
+        logits = logits[:, -1]
         for step in range(max_new_tokens):
-            token = sample_next(logits[:, -1], temperature, top_p, generator)
+            token = sample_next(logits, temperature, top_p, generator)
             yield token
             if step + 1 < max_new_tokens:
-                with torch.no_grad():
-                    logits, state = model(token[:, None], state)
+                logits, state = model.step(token, state)
     finally:
         model.train(was_training)
 
 
-def _as_prompt(model: LanguageModel, prompt_tokens) -> torch.Tensor:
+def _as_prompt(model, prompt_tokens) -> torch.Tensor:
     device = next(model.parameters()).device
     prompt = torch.as_tensor(prompt_tokens, dtype=torch.int64, device=device)
+    check_token_range(prompt, model.cfg.vocab_size, "generate: prompt")
     return prompt[None] if prompt.dim() == 1 else prompt

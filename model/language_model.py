@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig, coerce_model_config, validate_model_config
+from model.generate import generate
 from model.init import orthogonal_
 from model.rwkv_block import LN_EPS, RWKVBlock
 from model.sharding import local
@@ -104,10 +105,7 @@ class LanguageModel(nn.Module):
         """The final-norm output [B, T, C] that the head maps to logits, and the new state."""
         self._check_tokens(tokens)
         B, T = tokens.shape
-        layers = state.layers if state is not None else [None] * len(self.blocks)
-        if len(layers) != len(self.blocks):
-            raise ValueError(f"model state has {len(layers)} layers but the model has "
-                             f"{len(self.blocks)}; pass the state this model returned")
+        layers = self._layer_states(state)
         position = state.seen_tokens if state is not None else 0
         x = self.emb(tokens)
         v_first = None
@@ -117,7 +115,18 @@ class LanguageModel(nn.Module):
             new_layers.append(new_layer_state)
         return self.ln_out(x), ModelState(new_layers, position + T)
 
+    def _layer_states(self, state: ModelState | None) -> list:
+        if state is None:
+            return [None] * len(self.blocks)
+        if len(state.layers) != len(self.blocks):
+            raise ValueError(f"model state has {len(state.layers)} layers but the model has "
+                             f"{len(self.blocks)}; pass the state this model returned")
+        return state.layers
+
     def _check_tokens(self, tokens) -> None:
+        # Shape and dtype only: a range check here (tokens.min()/max()) would sync the GPU on
+        # every forward. Ids are range-checked where they enter: `check_token_range` in
+        # generation, the trainer's batches and evaluation.
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"model: tokens must be a 2-D tensor [batch, time], got {got}")
@@ -125,13 +134,29 @@ class LanguageModel(nn.Module):
             raise ValueError(f"model: tokens have dtype {tokens.dtype}; pass int64 token ids")
         if tokens.shape[1] == 0:
             raise ValueError("model: tokens has 0 time steps; pass at least one token")
-        if torch.compiler.is_compiling():
-            return
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self.cfg.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"model: token id {bad} is outside the vocabulary [0, "
-                             f"{self.cfg.vocab_size}); check the tokenizer or model.vocab_size")
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, state: ModelState | None = None):
+        """One decode step: tokens [B] (one id per row) -> (logits [B, V], new ModelState).
+
+        The same values as `model(tokens[:, None], state)` (to rounding), without the sequence
+        machinery: the recurrent families run each block's one-token form. Inference only (no
+        autograd), single device. States from `forward` and `step` are interchangeable.
+
+        Example:
+            >>> logits, state = model(prompt)                      # prefill
+            >>> logits, state = model.step(logits[:, -1].argmax(-1), state)
+        """
+        if self.cfg.family == "transformer":
+            features, state = self.features(tokens[:, None], state)
+            return self.head(features[:, 0]), state
+        layers = self._layer_states(state)
+        x, v_first, new_layers = self.emb(tokens), None, []
+        for block, layer_state in zip(self.blocks, layers):
+            x, v_first, new_layer_state = block.step(x, v_first, layer_state)
+            new_layers.append(new_layer_state)
+        position = state.seen_tokens if state is not None else 0
+        return self.head(self.ln_out(x)), ModelState(new_layers, position + 1)
 
     def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None) -> torch.Tensor:
@@ -139,7 +164,6 @@ class LanguageModel(nn.Module):
 
         Example: model.generate([1, 2, 3], max_new_tokens=20, temperature=0.8, top_p=0.9, seed=0)
         """
-        from model.generate import generate
         return generate(self, prompt_tokens, max_new_tokens, temperature, top_p, seed)
 
 

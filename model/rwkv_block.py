@@ -57,3 +57,20 @@ class RWKVBlock(nn.Module):
             new_state = {"att_shift": att_shift, "wkv": wkv, "ffn_shift": ffn_shift,
                          "meta": meta}
         return x + ffn_out, v_first, new_state
+
+    def step(self, x, v_first, state: dict | None):
+        """One token: x [B, C]. Returns (x, v_first, new state), as `forward` at T = 1."""
+        state = state or {}
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        att_out, v_first, att_shift, wkv, timemix_scan = self.att.step(
+            self.ln1(x), v_first, state.get("att_shift"), state.get("wkv"))
+        x = x + att_out
+        new_state = {"att_shift": att_shift, "wkv": wkv}
+        if hasattr(self, "ffn"):
+            ffn_out, new_state["ffn_shift"] = self.ffn.step(self.ln2(x), state.get("ffn_shift"))
+        else:   # the Meta-State layer's own forward handles T = 1 on the one-token scan
+            ffn_out, new_state["ffn_shift"], new_state["meta"] = self.meta(
+                self.ln2(x)[:, None], timemix_scan, state.get("ffn_shift"), state.get("meta"))
+            ffn_out = ffn_out[:, 0]
+        return x + ffn_out, v_first, new_state

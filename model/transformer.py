@@ -53,7 +53,9 @@ class Attention(nn.Module):
             k = torch.cat([cache["k"], k], dim=2)
             v = torch.cat([cache["v"], v], dim=2)
         past = k.shape[2] - T
-        if past == 0:
+        if T == 1:   # a decode step sees every key: no mask to build
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             # Query i sits at absolute position past + i and may see keys 0 .. past + i.

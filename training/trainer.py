@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from data_pipeline.train_stream import build_train_stream
 from model import build_model, model_size
+from model.token_ids import check_token_range
 from training.checkpointing import (
     CheckpointError,
     CheckpointManager,
@@ -227,6 +228,8 @@ class Trainer:
         """One optimizer step over `accum` micro-batches; returns the step's metrics."""
         loss_sum = torch.zeros((), device=self.env.device)
         for micro, batch in enumerate(batches):
+            # ids are checked here, on the host, once per batch; the model never syncs to check
+            check_token_range(batch["tokens"], self.cfg.model.vocab_size, "training batch")
             tokens = batch["tokens"].to(self.env.device, non_blocking=True)
             with self.engine.accumulating(micro == self.accum - 1), self.autocast():
                 # the head and the loss fused in chunks: no [B, T, V] logits (ops.loss_chunk_size)

@@ -149,3 +149,13 @@ def test_fused_chunked_loss_trains_like_whole_batch_logits(tmp_path):
     assert list(fused) == [1, 2, 3]
     for step in plain:
         assert abs(fused[step] - plain[step]) <= 1e-6 * plain[step], step
+
+
+def test_a_batch_with_ids_outside_the_vocabulary_is_refused_before_the_model(tmp_path):
+    """The model no longer range-checks ids (a GPU sync per forward); the trainer checks each
+    host batch once, so a corrupt shard gives a one-line error, not an index error or device assert."""
+    trainer = train_in_process(tmp_path / "run", "train.steps=1")
+    vocab = trainer.cfg.model.vocab_size
+    bad = torch.tensor([[1, 2, vocab, 3]])
+    with pytest.raises(ValueError, match=rf"training batch: token id {vocab} is outside the vocabulary"):
+        trainer.train_step([{"tokens": bad}])

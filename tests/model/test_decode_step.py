@@ -1,0 +1,73 @@
+"""LanguageModel.step (the one-token decode form) computes what the parallel pass computes, and
+its state continues either path; token ids are range-checked where they enter, not per forward."""
+
+import pytest
+import torch
+
+from model.token_ids import check_token_range
+
+from .conftest import TINY, random_tokens, tiny_model
+
+VARIANTS = [(name, {}) for name in TINY] + [
+    ("metastate-tiny", {"sse": "learned"}),
+    ("metastate-tiny", {"out_norm": "full", "z_norm": "rms"}),
+]
+
+
+def _close(a, b, what):
+    scale = b.abs().max().clamp_min(1e-6)
+    assert (a - b).abs().max() <= 1e-5 * scale, f"{what}: max diff {(a - b).abs().max():.3e}"
+
+
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS,
+                         ids=[f"{n}-{'-'.join(map(str, o.values())) or 'default'}" for n, o in VARIANTS])
+def test_steps_match_the_parallel_pass_and_carry_its_state(name, overrides):
+    model = tiny_model(name, **overrides).eval()
+    tokens = random_tokens(model, batch=2, length=9)
+    with torch.no_grad():
+        full_logits, full_state = model(tokens)
+        # prompt of 5 through forward, then 4 tokens one by one through step
+        _, state = model(tokens[:, :5])
+        for t in range(5, 9):
+            logits, state = model.step(tokens[:, t], state)
+            _close(logits, full_logits[:, t], f"logits at t={t}")
+        assert state.seen_tokens == full_state.seen_tokens == 9
+        for layer, (ours, theirs) in enumerate(zip(state.layers, full_state.layers)):
+            assert ours.keys() == theirs.keys()
+            for key in ours:
+                _close(ours[key], theirs[key], f"layer {layer} state {key}")
+        # a step from no state is the first token of a parallel pass; forward continues a step's state
+        first, state = model.step(tokens[:, 0])
+        _close(first, full_logits[:, 0], "first token from no state")
+        rest, _ = model(tokens[:, 1:], state)
+        _close(rest, full_logits[:, 1:], "forward after a step")
+
+
+def test_step_refuses_a_state_from_another_model():
+    small, deep = tiny_model("rwkv7-tiny"), tiny_model("rwkv7-tiny", n_layer=3)
+    _, state = small(torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match="state has 2 layers but the model has 3"):
+        deep.step(torch.tensor([3]), state)
+
+
+def test_token_range_is_checked_where_ids_enter():
+    with pytest.raises(ValueError, match=r"prompt: token id 256 is outside the vocabulary \[0, 256\)"):
+        check_token_range(torch.tensor([[1, 256]]), 256, "prompt")
+    with pytest.raises(ValueError, match="token id -1"):
+        check_token_range(torch.tensor([[-1, 3]]), 256)
+    check_token_range(torch.tensor([[0, 255]]), 256)
+    check_token_range(torch.empty(0, dtype=torch.int64), 256)
+
+
+def test_forward_does_not_read_token_values(monkeypatch):
+    """The range check synced the GPU on every forward (two host reads); forward now reads no
+    token value back: any host read of a tensor's value during forward fails this test."""
+    model = tiny_model("metastate-tiny")
+    tokens = random_tokens(model, batch=1, length=4)
+
+    def no_host_reads(*args, **kwargs):
+        raise AssertionError("forward read a tensor value back to the host")
+
+    for name in ("item", "__int__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, no_host_reads)
+    model(tokens)
