@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from launch.run_config import ConfigError
 
-COMMAND_MODULES = ("launch.config_commands", "model.cli", "data_pipeline.cli", "training.cli",
+COMMAND_MODULES = ("launch.config_commands", "model.cli", "data_pipeline.cli", "launch.train_commands",
                    "launch.launch_commands", "evals.cli")
 
 

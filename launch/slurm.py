@@ -17,6 +17,7 @@ from data_pipeline.stats import DataError
 from launch.presets import ConfigError
 from training.checkpointing import CheckpointError
 from training.parallelize import mesh_shape
+from training.preflight import preflight
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
 PLACEHOLDERS = ("JOB_NAME", "NODES", "NPROC_PER_NODE", "LOG_DIR", "SBATCH_OPTIONS", "WORKDIR",
@@ -37,8 +38,6 @@ def world_size(launch_cfg) -> int:
 def check_before_start(cfg, world: int, where: str) -> None:
     """Everything a job can get wrong before it queues: ranks vs the parallel section, batch
     divisibility, data paths, the checkpoint to resume, a writable checkpoint directory."""
-    from training.cli import preflight
-
     try:
         mesh_shape(cfg.parallel, world)
     except ValueError as err:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from training.distributed import DistEnv
-from training.engines import build_optimizer
+from training.optimizer import build_optimizer
 from training.parallelize import parallelize
 from training.schedule import Rewarm, build_lr_scheduler
 from training.stability import NonFiniteGuard

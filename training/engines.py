@@ -8,20 +8,12 @@ from pathlib import Path
 
 import torch
 
-from model import parameter_groups
 from training.distributed import DistEnv
+from training.optimizer import build_optimizer
 from training.parallelize import parallelize
 from training.schedule import Rewarm, build_lr_scheduler
 from training.stability import NonFiniteGuard
 from training.train_state import load_train_state, save_train_state
-
-
-def build_optimizer(model: torch.nn.Module, optim_cfg) -> torch.optim.AdamW:
-    """AdamW over the official RWKV parameter groups (decay on 2-D weights, w0 at 2x lr)."""
-    groups = parameter_groups(model, optim_cfg.weight_decay, optim_cfg.w0_lr_mult)
-    for group in groups:
-        group["lr"] = optim_cfg.lr * group["lr_scale"]
-    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
 
 
 class TorchEngine:

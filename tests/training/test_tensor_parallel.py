@@ -192,7 +192,7 @@ def test_tp2_by_dp2_with_fsdp2_trains_like_one_process(tmp_path, megatron_train_
 
 
 def test_mesh_errors_name_the_numbers_before_any_process_group_starts(tmp_path):
-    from training.cli import preflight
+    from training.preflight import preflight
 
     def preflight_error(world_size, *overrides):
         cfg = load_run_config("smoke", [*TINY, f"train.out_dir={tmp_path}", *overrides])
