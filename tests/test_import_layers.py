@@ -133,7 +133,7 @@ def write_modules(root: Path, files: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("files, expected", [
-    ({"model/a.py": "def f():\n    from launch.cli import main\n"},
+    ({"model/a.py": "def f():\n    from launch.cli import main\n", "launch/cli.py": ""},
      "model.a imports launch.cli (launch is above model)"),
     ({"training/a.py": "from . import b\n", "training/b.py": "import training.a\n"},
      "import cycle: training.a <-> training.b"),
