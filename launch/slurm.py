@@ -16,7 +16,7 @@ from pathlib import Path
 from data_pipeline.stats import DataError
 from launch.presets import ConfigError
 from training.checkpointing import CheckpointError
-from training.parallelize import mesh_shape
+from training.layout import plan_layout
 from training.preflight import preflight
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
@@ -39,7 +39,7 @@ def check_before_start(cfg, world: int, where: str) -> None:
     """Everything a job can get wrong before it queues: ranks vs the parallel section, batch
     divisibility, data paths, the checkpoint to resume, a writable checkpoint directory."""
     try:
-        mesh_shape(cfg.parallel, world)
+        plan_layout(cfg.parallel, world)
     except ValueError as err:
         raise ConfigError(f"{err} (the job has {where})") from None
     try:

@@ -59,7 +59,7 @@ def train_command(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.overrides)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        preflight(cfg, world_size)
+        layout = preflight(cfg, world_size, int(os.environ.get("RANK", "0")))
         RunLock(Path(cfg.train.out_dir)).check()  # rank 0 takes the lock in Trainer
     except (ValueError, DataError, CheckpointError) as err:
         print(f"train: {err}", file=sys.stderr)
@@ -73,7 +73,8 @@ def train_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if env.is_rank0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
-        trainer = Trainer(cfg, env, config_name=Path(args.config).stem)
+        trainer = Trainer(cfg, env, config_name=Path(args.config).stem,
+                          layout=layout.with_mesh(env.device.type))
         result = trainer.run()
         request = trainer.stop_request
         if request is not None and env.is_rank0:

@@ -1,12 +1,12 @@
 """Meta-State, RWKV-7 and transformer language models (plain single-device nn.Modules).
 
-The names below load on first use (PEP 562), so `import model.config` stays free of torch: the
-command line reads and checks configs without paying for a torch import.
+The names below load on first use (ops/lazy_package.py), so `import model.config` stays free of
+torch: the command line reads and checks configs without paying for a torch import.
 """
 
-import importlib
+from ops.lazy_package import export_lazily
 
-_SOURCES = {
+__all__ = export_lazily(__name__, {
     "FAMILIES": "model.config", "ModelConfig": "model.config",
     "generate": "model.generate", "iter_generate": "model.generate",
     "LanguageModel": "model.language_model", "ModelState": "model.language_model",
@@ -15,15 +15,4 @@ _SOURCES = {
     "PRESETS": "model.presets", "model_preset": "model.presets", "preset_names": "model.presets",
     "export_rwkv7_checkpoint": "model.rwkv_checkpoint", "import_rwkv7_checkpoint": "model.rwkv_checkpoint",
     "ModelSize": "model.size", "model_size": "model.size",
-}
-__all__ = list(_SOURCES)
-
-
-def __getattr__(name: str):
-    if name not in _SOURCES:
-        raise AttributeError(f"module 'model' has no attribute {name!r}")
-    return getattr(importlib.import_module(_SOURCES[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+})

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from training.distributed import DistEnv
+from training.engine_interface import EngineSetup
 from training.optimizer import build_optimizer
 from training.parallelize import parallelize
 from training.schedule import Rewarm, build_lr_scheduler
@@ -75,19 +76,18 @@ def _init_deepspeed(env: DistEnv):
 class DeepSpeedEngine:
     checkpoint_format = "deepspeed"
 
-    def __init__(self, model, cfg, env: DistEnv, accum: int, param_dtype: torch.dtype):
-        if cfg.parallel.tp != 1:
-            raise ValueError(f"parallel.backend=deepspeed runs with parallel.tp=1 only, "
-                             f"got parallel.tp={cfg.parallel.tp}")
+    def __init__(self, model, setup: EngineSetup):
+        # parallel.tp is 1 here: ParallelConfig.problems refuses deepspeed with tp > 1
+        env, accum, param_dtype = setup.env, setup.accum, setup.param_dtype
         deepspeed = _init_deepspeed(env)
         self.env, self.accum = env, accum
-        oc, tc = cfg.optim, cfg.train
+        oc, tc = setup.optim, setup.train
         ds_config = {
             "train_batch_size": tc.global_batch_size,
             "train_micro_batch_size_per_gpu": tc.micro_batch_size,
             "gradient_accumulation_steps": accum,
             "gradient_clipping": oc.grad_clip,
-            "zero_optimization": {"stage": cfg.parallel.zero_stage},
+            "zero_optimization": {"stage": setup.parallel.zero_stage},
             "bf16": {"enabled": param_dtype == torch.bfloat16},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 2**31 - 1,
@@ -95,7 +95,7 @@ class DeepSpeedEngine:
         }
         # The schedule drives the torch AdamW that ZeRO wraps: ZeRO steps it with these same
         # param-group dicts, so the lr set here is the lr applied.
-        model = parallelize(model, cfg.parallel, tc, env, param_dtype)  # checkpointing, compile
+        model = parallelize(model, setup.layout, tc, env.device, param_dtype)  # checkpointing, compile
         self.optimizer = build_optimizer(model, oc)
         self.rewarm = Rewarm(oc.rewarm_steps)
         self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio,

@@ -1,6 +1,9 @@
 """How one optimizer step is executed: `TorchEngine` (single process, DDP, FSDP2) or, for
 DeepSpeed ZeRO, `DeepSpeedEngine` (training/deepspeed_engine.py). The trainer's loop is the same
-for both: forward under `accumulating(...)`, `backward(loss)`, then `step(...)` once per step."""
+for both: forward under `accumulating(...)`, `backward(loss)`, then `step(...)` once per step.
+
+Both engines implement the `Engine` protocol and see only what `EngineSetup` carries
+(training/engine_interface.py)."""
 
 import contextlib
 import math
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from training.distributed import DistEnv
+from training.engine_interface import Engine, EngineSetup
 from training.optimizer import build_optimizer
 from training.parallelize import parallelize
 from training.schedule import Rewarm, build_lr_scheduler
@@ -21,14 +24,15 @@ class TorchEngine:
 
     checkpoint_format = "dcp"
 
-    def __init__(self, model, cfg, env: DistEnv, accum: int, param_dtype: torch.dtype):
-        self.model, self.env, self.accum = model, env, accum
-        self.net = parallelize(model, cfg.parallel, cfg.train, env, param_dtype=param_dtype)
-        self.optimizer = build_optimizer(model, cfg.optim)
-        oc = cfg.optim
+    def __init__(self, model, setup: EngineSetup):
+        self.model, self.env, self.accum = model, setup.env, setup.accum
+        self.net = parallelize(model, setup.layout, setup.train, setup.env.device,
+                               param_dtype=setup.param_dtype)
+        self.optimizer = build_optimizer(model, setup.optim)
+        oc = setup.optim
         self.rewarm = Rewarm(oc.rewarm_steps)
-        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, cfg.train.steps, oc.min_lr_ratio,
-                                            self.rewarm)
+        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, setup.train.steps,
+                                            oc.min_lr_ratio, self.rewarm)
         self.grad_clip = oc.grad_clip if oc.grad_clip > 0 else math.inf
 
     def accumulating(self, last_micro_batch: bool):
@@ -68,9 +72,10 @@ class TorchEngine:
         return extras
 
 
-def build_engine(model, cfg, env: DistEnv, accum: int, param_dtype: torch.dtype):
-    if cfg.parallel.backend == "deepspeed":
+def build_engine(model, setup: EngineSetup) -> Engine:
+    """The engine of `setup.parallel.backend`. Example: build_engine(model, setup).step(...)"""
+    if setup.parallel.backend == "deepspeed":
         from training.deepspeed_engine import DeepSpeedEngine
 
-        return DeepSpeedEngine(model, cfg, env, accum, param_dtype)
-    return TorchEngine(model, cfg, env, accum, param_dtype)
+        return DeepSpeedEngine(model, setup)
+    return TorchEngine(model, setup)
