@@ -69,13 +69,13 @@ def test_unknown_preset_and_bad_head_size_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown model preset 'rwkv7-150M'.*did you mean "
                                          r"'rwkv7-150m'"):
         model_preset("rwkv7-150M")
-    with pytest.raises(ValueError, match=r"head_size=64 does not divide the state width C_s = "
-                                         r"model.d_state=100"):
+    with pytest.raises(ValueError, match=r"model.d_state \(100\) must be a multiple of "
+                                         r"model.head_size \(64\)"):
         build_model(model_preset("metastate-150m", d_state=100), device="meta")
-    with pytest.raises(ValueError, match=r"head_size=100 does not divide model.d_model=768"):
+    with pytest.raises(ValueError, match=r"model.d_model \(768\) must be a multiple of "
+                                         r"model.head_size \(100\)"):
         model_size(model_preset("rwkv7-150m", head_size=100))
-    with pytest.raises(ValueError, match=r"model.z_norm='layer' is not supported; choose one "
-                                         r"of none, l2, rms"):
+    with pytest.raises(ValueError, match=r"model.z_norm must be one of none \| l2 \| rms, got 'layer'"):
         build_model(model_preset("metastate-tiny", z_norm="layer"))
     with pytest.raises(ValueError, match=r"unknown key\(s\) n_embd"):
         coerce_model_config({"family": "rwkv7", "n_embd": 768})
