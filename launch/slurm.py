@@ -39,11 +39,11 @@ def check_before_start(cfg, world: int, where: str) -> None:
     """Everything a job can get wrong before it queues: ranks vs the parallel section, batch
     divisibility, data paths, the checkpoint to resume, a writable checkpoint directory."""
     try:
-        plan_layout(cfg.parallel, world)
+        layout = plan_layout(cfg.parallel, world)
     except ValueError as err:
         raise ConfigError(f"{err} (the job has {where})") from None
     try:
-        preflight(cfg, world)
+        preflight(cfg, layout)
     except (ValueError, DataError, CheckpointError) as err:
         raise ConfigError(str(err)) from None
     _check_writable(Path(cfg.train.out_dir))

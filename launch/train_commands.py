@@ -10,6 +10,7 @@ from pathlib import Path
 from data_pipeline.stats import DataError
 from launch.run_config import load_run_config
 from training.checkpointing import CheckpointError
+from training.layout import plan_layout
 from training.preflight import preflight
 from training.run_lock import RunLock
 
@@ -59,7 +60,9 @@ def train_command(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.overrides)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        layout = preflight(cfg, world_size, int(os.environ.get("RANK", "0")))
+        # this process's layout: planned once here, its mesh built once the process group exists
+        layout = plan_layout(cfg.parallel, world_size, int(os.environ.get("RANK", "0")))
+        preflight(cfg, layout)
         RunLock(Path(cfg.train.out_dir)).check()  # rank 0 takes the lock in Trainer
     except (ValueError, DataError, CheckpointError) as err:
         print(f"train: {err}", file=sys.stderr)

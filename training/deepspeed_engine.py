@@ -17,7 +17,6 @@ import torch
 from training.distributed import DistEnv
 from training.engine_interface import EngineSetup
 from training.optimizer import build_optimizer
-from training.parallelize import parallelize
 from training.schedule import Rewarm, build_lr_scheduler
 from training.stability import NonFiniteGuard
 from training.train_state import load_rank_extras, save_rank_extras
@@ -77,6 +76,7 @@ class DeepSpeedEngine:
     checkpoint_format = "deepspeed"
 
     def __init__(self, model, setup: EngineSetup):
+        # `model` comes from parallelize (activation checkpointing, compile; no data parallelism)
         # parallel.tp is 1 here: ParallelConfig.problems refuses deepspeed with tp > 1
         env, accum, param_dtype = setup.env, setup.accum, setup.param_dtype
         deepspeed = _init_deepspeed(env)
@@ -95,7 +95,6 @@ class DeepSpeedEngine:
         }
         # The schedule drives the torch AdamW that ZeRO wraps: ZeRO steps it with these same
         # param-group dicts, so the lr set here is the lr applied.
-        model = parallelize(model, setup.layout, tc, env.device, param_dtype)  # checkpointing, compile
         self.optimizer = build_optimizer(model, oc)
         self.rewarm = Rewarm(oc.rewarm_steps)
         self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio,

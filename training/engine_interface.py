@@ -10,19 +10,17 @@ from typing import Any, Protocol
 import torch
 
 from training.distributed import DistEnv
-from training.layout import ParallelLayout
 from training.stability import NonFiniteGuard
 
 
 @dataclass(frozen=True)
 class EngineSetup:
-    """What an engine is built from: the `optim`, `train` and `parallel` sections, the run's
-    layout (mesh built), this process, and the step's shape."""
+    """What an engine is built from besides the model: the `optim`, `train` and `parallel`
+    sections, this process, and the step's shape."""
 
     optim: Any                         # OptimConfig section: AdamW, schedule, clipping
     train: Any                         # TrainConfig section: steps, batch sizes, compile, recompute
     parallel: Any                      # ParallelConfig section: backend, zero_stage
-    layout: ParallelLayout
     env: DistEnv
     accum: int                         # micro-batches per optimizer step on this rank
     param_dtype: torch.dtype

@@ -13,21 +13,19 @@ import torch
 
 from training.engine_interface import Engine, EngineSetup
 from training.optimizer import build_optimizer
-from training.parallelize import parallelize
 from training.schedule import Rewarm, build_lr_scheduler
 from training.stability import NonFiniteGuard
 from training.train_state import load_train_state, save_train_state
 
 
 class TorchEngine:
-    """Plain PyTorch optimizer step over a model parallelized by training/parallelize.py."""
+    """Plain PyTorch optimizer step: `net` is `model` parallelized by training/parallelize.py
+(the same module under FSDP2, a DDP wrapper around it with several replicas)."""
 
     checkpoint_format = "dcp"
 
-    def __init__(self, model, setup: EngineSetup):
-        self.model, self.env, self.accum = model, setup.env, setup.accum
-        self.net = parallelize(model, setup.layout, setup.train, setup.env.device,
-                               param_dtype=setup.param_dtype)
+    def __init__(self, model, net, setup: EngineSetup):
+        self.model, self.net, self.env, self.accum = model, net, setup.env, setup.accum
         self.optimizer = build_optimizer(model, setup.optim)
         oc = setup.optim
         self.rewarm = Rewarm(oc.rewarm_steps)
@@ -72,10 +70,13 @@ class TorchEngine:
         return extras
 
 
-def build_engine(model, setup: EngineSetup) -> Engine:
-    """The engine of `setup.parallel.backend`. Example: build_engine(model, setup).step(...)"""
+def build_engine(model, net, setup: EngineSetup) -> Engine:
+    """The engine of `setup.parallel.backend` over `net` = parallelize(model, ...).
+
+    Example: build_engine(model, parallelize(model, layout, cfg.train, device), setup).step(...)
+    """
     if setup.parallel.backend == "deepspeed":
         from training.deepspeed_engine import DeepSpeedEngine
 
-        return DeepSpeedEngine(model, setup)
-    return TorchEngine(model, setup)
+        return DeepSpeedEngine(net, setup)
+    return TorchEngine(model, net, setup)

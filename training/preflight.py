@@ -10,19 +10,18 @@ from data_pipeline.stats import DataError
 from data_pipeline.token_corpus import find_token_shards
 from data_pipeline.tokenizer import VOCAB_SIZE
 from training.checkpointing import resolve_resume
-from training.layout import ParallelLayout, plan_layout
+from training.layout import ParallelLayout
 
 
-def preflight(cfg, world_size: int, rank: int = 0) -> ParallelLayout:
-    """Every check that needs no process group, so a bad config fails before any rank starts.
-    Returns this rank's layout (without its mesh: `layout.with_mesh` once the group exists).
+def preflight(cfg, layout: ParallelLayout) -> None:
+    """Every check that needs no process group, so a bad config fails before any rank starts;
+    `layout` is the run's plan_layout (training/layout.py), which checks the ranks itself.
 
-    Example: preflight(load_run_config("smoke"), world_size=2).dp_size == 2
+    Example: preflight(cfg, plan_layout(cfg.parallel, world_size=2))
     """
     from training.trainer import check_resume_compatible, gradient_accumulation_steps
 
-    layout = plan_layout(cfg.parallel, world_size, rank)
-    dp_size = layout.dp_size
+    dp_size, world_size = layout.dp_size, layout.world_size
     gradient_accumulation_steps(cfg.train, dp_size)
     if cfg.model.vocab_size < VOCAB_SIZE:  # (tiny model presets have small vocabularies for tests)
         raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) must hold the tokenizer's "
@@ -36,7 +35,6 @@ def preflight(cfg, world_size: int, rank: int = 0) -> ParallelLayout:
     path = resolve_resume(cfg.train.resume, Path(cfg.train.out_dir) / "checkpoints")
     if path is not None:
         check_resume_compatible(path, cfg, world_size)
-    return layout
 
 
 def check_jsonl_shards(data_cfg, dp_size: int) -> None:

@@ -28,6 +28,7 @@ from training.engines import build_engine
 from training.layout import ParallelLayout, plan_layout
 from training.lineage import FreezeOld, lineage_tags
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
+from training.parallelize import parallelize
 from training.preemption import PreemptionHandler, StopRequest
 from training.run_lock import RunLock
 from training.schedule import apply_optimizer_settings, optimizer_settings, start_rewarm
@@ -123,8 +124,10 @@ class Trainer:
         self.dtype = compute_dtype(tc, env.device)
         torch.manual_seed(tc.seed)  # identical init on every rank (FSDP2/ZeRO shard a full model)
         self.model = build_model(cfg.model, cfg.ops, device=env.device)
-        setup = EngineSetup(cfg.optim, cfg.train, cfg.parallel, self.layout, env, self.accum, self.dtype)
-        self.engine = build_engine(self.model, setup)
+        # tensor parallel -> recompute -> compile -> FSDP2/DDP, on this process's one layout
+        net = parallelize(self.model, self.layout, tc, env.device, self.dtype)
+        setup = EngineSetup(cfg.optim, cfg.train, cfg.parallel, env, self.accum, self.dtype)
+        self.engine = build_engine(self.model, net, setup)
         self.stream = build_train_stream(cfg.data, self.dp_rank, self.dp_size, tc.micro_batch_size)
         self.validation = (ValidationWindows(cfg.data, tc.micro_batch_size, tc.eval_batches, env,
                                              (self.dp_rank, self.dp_size))
