@@ -20,7 +20,7 @@ from data_pipeline.config import DataConfig
 from evals.config import EvalConfig
 from launch.config import LaunchConfig
 from launch.config_checks import check_run_config
-from launch.presets import (
+from launch.preset_files import (
     BASE_KEY,
     ConfigError,
     available_presets,

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from data_pipeline.stats import DataError
-from launch.presets import ConfigError
+from launch.preset_files import ConfigError
 from training.checkpointing import CheckpointError
 from training.layout import plan_layout
 from training.preflight import preflight

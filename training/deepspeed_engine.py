@@ -14,40 +14,13 @@ from pathlib import Path
 
 import torch
 
+from training.deepspeed_files import TAG, weights_only_load
 from training.distributed import DistEnv
 from training.engine_interface import EngineSetup
 from training.optimizer import build_optimizer
 from training.schedule import Rewarm, build_lr_scheduler
 from training.stability import NonFiniteGuard
 from training.train_state import load_rank_extras, save_rank_extras
-
-TAG = "state"  # one DeepSpeed tag per checkpoint directory; the step lives in the directory name
-
-
-_TORCH_LOAD = torch.load
-
-
-def weights_only_load(path, map_location=None):
-    """torch.load for DeepSpeed's checkpoint files without arbitrary unpickling: besides tensors
-    and containers they hold a few plain DeepSpeed records (loss scaler, ZeRO-stage enum,
-    partition addresses), allow-listed here."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    torch.serialization.add_safe_globals([LossScaler, ZeroStageEnum, fragment_address])
-    return _TORCH_LOAD(path, map_location=map_location, weights_only=True)
-
-
-@contextlib.contextmanager
-def weights_only_torch_load():
-    """Within the block, every torch.load is weights-only (for DeepSpeed tools that hard-code
-    weights_only=False, such as its ZeRO-to-fp32 consolidation)."""
-    torch.load = lambda f, map_location=None, **_: weights_only_load(f, map_location)
-    try:
-        yield
-    finally:
-        torch.load = _TORCH_LOAD
 
 
 def _init_deepspeed(env: DistEnv):

@@ -31,8 +31,8 @@ from model import build_model
 from model.config import ModelConfig, coerce_model_config
 from model.expand import ExpansionError, check_expansion, expand_state_dict, grow_tensor
 from training.checkpointing import CheckpointError, CheckpointManager, find_checkpoint, read_manifest
+from training.deepspeed_files import MOMENTS, consolidate_zero, zero_moments
 from training.distributed import DistEnv
-from training.export import consolidate_zero
 from training.optimizer import build_optimizer
 from training.schedule import build_lr_scheduler, move_schedule_to
 from training.stability import NonFiniteGuard
@@ -40,7 +40,6 @@ from training.tracking import flatten
 from training.train_state import load_train_state, save_train_state
 
 SINGLE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 @dataclass
@@ -99,43 +98,6 @@ def load_parent(source: str | Path) -> Parent:
         raise CheckpointError(f"{path}: unknown checkpoint format {manifest.get('format')!r}")
     return Parent(path, model_cfg, config, int(manifest["step"]), weights, moments, extras,
                   content_sha256(path), manifest.get("mlflow_run_id"))
-
-
-def zero_moments(path: Path, weights: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """Per-parameter AdamW moments of a ZeRO 1/2/3 checkpoint: DeepSpeed's own consolidation
-    (zero_to_fp32) run over each moment's flat partitions in place of the fp32 weights', which
-    have the same layout (the moments' trailing alignment padding cut off)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from training.deepspeed_engine import TAG, weights_only_load
-
-    gathered, steps = {}, []
-    for moment in MOMENTS:
-        original = torch.load
-        torch.load = lambda f, map_location=None, _moment=moment, **_: _moment_as_weights(
-            weights_only_load(f, map_location), _moment, steps)
-        try:
-            gathered[moment] = get_fp32_state_dict_from_zero_checkpoint(str(path / "deepspeed"), tag=TAG)
-        finally:
-            torch.load = original
-    step = torch.tensor(float(steps[0]) if steps else 0.0)
-    return {name: {"exp_avg": gathered["exp_avg"][name].detach(),
-                   "exp_avg_sq": gathered["exp_avg_sq"][name].detach(), "step": step.clone()}
-            for name in weights}
-
-
-def _moment_as_weights(state, moment: str, steps: list):
-    optim = state.get("optimizer_state_dict") if isinstance(state, dict) else None
-    if not isinstance(optim, dict):
-        return state   # a model-states file
-    if "fp32_flat_groups" in optim:                        # ZeRO-3
-        key, base = "fp32_flat_groups", optim["optimizer_state_dict"]
-    else:                                                  # ZeRO-1/2
-        key, base = "single_partition_of_fp32_groups", optim["base_optimizer_state"]
-    groups = base if isinstance(base, list) else [base["state"][i] for i in sorted(base["state"])]
-    steps.append(groups[0]["step"])
-    optim[key] = [group[moment].reshape(-1)[: flat.numel()] for group, flat in zip(groups, optim[key])]
-    return state
 
 
 def _load_export(path: Path) -> Parent:

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from launch.config import slurm_time_to_seconds
-from launch.presets import available_presets
+from launch.preset_files import available_presets
 from launch.run_config import (
     ConfigError,
     RunConfig,
