@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+from launch.model_commands import register
 from model import build_model, model_preset, model_size, preset_names
-from model.cli import register
 from model.config import coerce_model_config
 from model.size import scan_flops_per_token
 
@@ -117,7 +117,7 @@ def test_model_info_unknown_preset_exits_2(capsys):
 
 def test_model_cli_is_wired_into_metastate_command(capsys):
     cli = pytest.importorskip("launch.cli")
-    assert "model.cli" in cli.COMMAND_MODULES
+    assert "launch.model_commands" in cli.COMMAND_MODULES
     assert cli.main(["model", "info", "transformer-tiny", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["family"] == "transformer"
 
