@@ -7,8 +7,6 @@ from pathlib import Path
 
 from data_pipeline.jsonl_reader import expand_paths
 from data_pipeline.stats import DataError
-from data_pipeline.token_corpus import find_token_shards
-from data_pipeline.tokenizer import VOCAB_SIZE
 from training.checkpointing import resolve_resume
 from training.layout import ParallelLayout
 
@@ -19,6 +17,9 @@ def preflight(cfg, layout: ParallelLayout) -> None:
 
     Example: preflight(cfg, plan_layout(cfg.parallel, world_size=2))
     """
+    # here, not at the top: numpy and torch stay out of `metastate --help`
+    from data_pipeline.token_corpus import find_token_shards
+    from data_pipeline.tokenizer import VOCAB_SIZE
     from training.trainer import check_resume_compatible, gradient_accumulation_steps
 
     dp_size, world_size = layout.dp_size, layout.world_size
