@@ -5,7 +5,7 @@ TorchEngine (training/engines.py) and DeepSpeedEngine (training/deepspeed_engine
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -26,6 +26,7 @@ class EngineSetup:
     param_dtype: torch.dtype
 
 
+@runtime_checkable
 class Engine(Protocol):
     """One optimizer step's mechanics, as the trainer uses them."""
 
