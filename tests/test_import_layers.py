@@ -30,9 +30,21 @@ def package_modules(root: Path) -> dict[str, Path]:
     return modules
 
 
-def imported_modules(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+def lazy_exports(path: Path) -> dict[str, str]:
+    """{name: module} of a package __init__ that calls `export_lazily(__name__, {...})`
+    (ops/lazy_package.py): `from package import name` depends on that module."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "export_lazily"
+                and len(node.args) == 2):
+            return ast.literal_eval(node.args[1])
+    return {}
+
+
+def imported_modules(module: str, path: Path, known: dict[str, Path],
+                     exports: dict[str, dict[str, str]]) -> set[str]:
     """The known modules that `module` imports anywhere in its file (relative imports resolved;
-    `from package import name` counts as importing `package.name` when that is a module)."""
+    `from package import name` counts as importing `package.name` when that is a module, or the
+    module a lazy package takes `name` from)."""
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -42,7 +54,8 @@ def imported_modules(module: str, path: Path, known: dict[str, Path]) -> set[str
             base = node.module or ""
             if node.level:
                 base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            targets = [exports.get(base, {}).get(alias.name, f"{base}.{alias.name}")
+                       for alias in node.names] + [base]
         else:
             continue
         for target in targets:
@@ -55,7 +68,8 @@ def imported_modules(module: str, path: Path, known: dict[str, Path]) -> set[str
 
 def import_graph(root: Path) -> dict[str, set[str]]:
     modules = package_modules(root)
-    return {module: imported_modules(module, path, modules) for module, path in modules.items()}
+    exports = {module: lazy_exports(path) for module, path in modules.items() if path.name == "__init__.py"}
+    return {module: imported_modules(module, path, modules, exports) for module, path in modules.items()}
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
@@ -139,6 +153,9 @@ def write_modules(root: Path, files: dict[str, str]) -> None:
      "import cycle: training.a <-> training.b"),
     ({"ops/a.py": "from ops.b import x\n", "ops/b.py": "def g():\n    from .a import y\n"},
      "import cycle: ops.a <-> ops.b"),
+    ({"model/__init__.py": "__all__ = export_lazily(__name__, {'f': 'model.a'})\n",
+      "model/a.py": "import model.b\n", "model/b.py": "from model import f\n"},
+     "import cycle: model.a <-> model.b"),                 # through a lazy package's export
 ])
 def test_checker_finds_function_level_upward_imports_and_cycles(tmp_path, files, expected):
     write_modules(tmp_path, files)
