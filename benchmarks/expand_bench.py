@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from launch.expansion import expand_checkpoint  # noqa: E402
 from launch.run_config import load_run_config  # noqa: E402
 from model import model_size  # noqa: E402
 from training.distributed import DistEnv  # noqa: E402
-from training.expand import expand_checkpoint  # noqa: E402
 from training.monitors import MetricsLog  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 

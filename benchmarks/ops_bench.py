@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ops import wkv7, wkv7_sse  # noqa: E402
-from ops.rwkv7 import fla_available, wkv7_naive  # noqa: E402
+from ops.rwkv7 import fla_available, wkv7_reference  # noqa: E402
 
 
 def make_inputs(B, T, H, N, device):
@@ -71,7 +71,7 @@ def bench(T, args, device):
         candidates["fla"] = lambda: [wkv7(r, w, k, v, a, b, backend="fla")[0]]
     row = {"T": T, **fwd_bwd_seconds(candidates, inputs, device, args.repeats)}
     if not args.skip_loop and device.type == "cpu":
-        loop = {"loop": lambda: [wkv7_naive((r,), w, k, v, a, b, compute_dtype=torch.float32)[0][0]]}
+        loop = {"loop": lambda: [wkv7_reference((r,), w, k, v, a, b, compute_dtype=torch.float32)[0][0]]}
         row.update(fwd_bwd_seconds(loop, inputs, device, 1))
     one = row[backend]
     row["sse extra"] = max(row.pop("sse") - one, 0.0)

@@ -2,6 +2,12 @@
 
 from dataclasses import dataclass
 
+from ops.config_rules import Problem, choice_problems, range_problems
+
+PRETOKENIZED_FORMATS = ("megatron", "wds")         # what `metastate preprocess` writes
+DATA_FORMATS = ("jsonl", *PRETOKENIZED_FORMATS)
+DATA_TOKENIZERS = ("tiktoken", "hf")
+
 
 @dataclass
 class DataConfig:
@@ -19,3 +25,8 @@ class DataConfig:
     num_workers: int = 0               # DataLoader worker processes per rank (0: in-process)
     prefetch_factor: int = 4           # batches each worker prepares ahead (num_workers > 0)
     tokenizer: str = "tiktoken"        # tiktoken (exact, ~7x faster) | hf (HF tokenizers)
+
+    def problems(self) -> list[Problem]:
+        """This section's own rules; [] when it is valid."""
+        return (choice_problems(self, "data", {"format": DATA_FORMATS, "tokenizer": DATA_TOKENIZERS})
+                + range_problems(self, "data", {"seq_len": 1, "num_workers": 0, "prefetch_factor": 1}))

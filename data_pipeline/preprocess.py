@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.config import PRETOKENIZED_FORMATS
 from data_pipeline.jsonl_reader import expand_paths, iter_lines, parse_line
 from data_pipeline.megatron_format import MegatronShardWriter
 from data_pipeline.stats import DataError, StreamStats
 from data_pipeline.tokenizer import TOKEN_DTYPE, load_tokenizer
 from data_pipeline.wds_format import DEFAULT_CHUNK_TOKENS, WdsShardWriter
 
-OUTPUT_FORMATS = ("megatron", "wds")
+OUTPUT_FORMATS = PRETOKENIZED_FORMATS
 SPLIT_NAMES = ("train", "val", "test")
 MANIFEST = "manifest.json"
 _BATCH_BYTES = 1 << 20         # text per job: small enough to balance a few shards over workers

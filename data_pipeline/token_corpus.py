@@ -16,7 +16,6 @@ from data_pipeline.megatron_format import MegatronShard, ShardFormatError, shard
 from data_pipeline.stats import DataError, StreamStats
 from data_pipeline.wds_format import WdsShard
 
-PRETOKENIZED_FORMATS = ("megatron", "wds")
 _SUFFIX = {"megatron": ".idx", "wds": ".tar"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

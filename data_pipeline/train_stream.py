@@ -15,14 +15,14 @@ from itertools import count
 import numpy as np
 import torch
 
+from data_pipeline.config import DATA_FORMATS, PRETOKENIZED_FORMATS
 from data_pipeline.jsonl_reader import expand_paths
 from data_pipeline.permutation import permute
 from data_pipeline.raw_stream import RawShardConsumers, shard_keys
 from data_pipeline.stats import DataError, StreamStats
-from data_pipeline.token_corpus import PRETOKENIZED_FORMATS, TokenCorpus, find_token_shards
+from data_pipeline.token_corpus import TokenCorpus, find_token_shards
 
 logger = logging.getLogger("metastate.data")
-FORMATS = ("jsonl",) + PRETOKENIZED_FORMATS
 
 
 def build_train_stream(data_cfg, rank: int = 0, world_size: int = 1, micro_batch_size: int = 1,
@@ -43,7 +43,7 @@ def build_train_stream(data_cfg, rank: int = 0, world_size: int = 1, micro_batch
         return RawTrainStream(data_cfg, rank, world_size, micro_batch_size, max_epochs)
     if data_cfg.format in PRETOKENIZED_FORMATS:
         return IndexedTrainStream(data_cfg, rank, world_size, micro_batch_size, max_epochs)
-    raise ValueError(f"data.format must be one of {' | '.join(FORMATS)}, got {data_cfg.format!r}")
+    raise ValueError(f"data.format must be one of {' | '.join(DATA_FORMATS)}, got {data_cfg.format!r}")
 
 
 def _loader(dataset, data_cfg, **kwargs) -> torch.utils.data.DataLoader:

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from ops.config_rules import Problem, choice_problems, range_problems
+
 EVAL_SPLITS = ("val", "test")
 
 
@@ -15,3 +17,8 @@ class EvalConfig:
     # length forward by `stride` tokens and scores only the new ones.
     context: int = 0
     stride: int = 0                    # transformer only; 0 = context // 2
+
+    def problems(self) -> list[Problem]:
+        """This section's own rules; [] when it is valid."""
+        return (choice_problems(self, "eval", {"split": EVAL_SPLITS})
+                + range_problems(self, "eval", {"max_tokens": 0, "batch_size": 1, "context": 0, "stride": 0}))

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from launch.run_config import ConfigError
 
-COMMAND_MODULES = ("launch.config_commands", "model.cli", "data_pipeline.cli", "training.cli",
-                   "launch.launch_commands", "evals.cli")
+COMMAND_MODULES = ("launch.config_commands", "launch.model_commands", "launch.data_commands",
+                   "launch.train_commands", "launch.launch_commands", "launch.eval_commands")
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

@@ -3,6 +3,10 @@
 import re
 from dataclasses import dataclass
 
+from ops.config_rules import Problem, range_problems
+
+SLURM_MAX_SIGNAL_LEAD_S = 65535        # sbatch --signal accepts at most this many seconds
+
 
 @dataclass
 class LaunchConfig:
@@ -16,6 +20,23 @@ class LaunchConfig:
     qos: str = ""                      # --qos; "" = the partition default
     signal_grace_s: int = 120          # USR1 this long before the time limit: checkpoint, requeue
     template: str = ""                 # sbatch template path; "" = the built-in template
+
+    def problems(self) -> list[Problem]:
+        """This section's own rules; [] when it is valid."""
+        problems = range_problems(self, "launch", {"nodes": 1, "gpus_per_node": 1, "signal_grace_s": 0,
+                                                   "cpus_per_node": 0})
+        limit_s = slurm_time_to_seconds(self.time)
+        if limit_s is None:
+            problems.append((f"launch.time must be a SLURM time (MM, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]), "
+                             f"got {self.time!r}", ("launch.time",)))
+        elif self.signal_grace_s >= limit_s:
+            problems.append((f"launch.signal_grace_s ({self.signal_grace_s}) must be shorter than "
+                             f"launch.time ({self.time} = {limit_s} s)",
+                             ("launch.signal_grace_s", "launch.time")))
+        if self.signal_grace_s > SLURM_MAX_SIGNAL_LEAD_S:
+            problems.append((f"launch.signal_grace_s must be <= {SLURM_MAX_SIGNAL_LEAD_S} (sbatch --signal "
+                             f"limit), got {self.signal_grace_s}", ("launch.signal_grace_s",)))
+        return problems
 
 
 _SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")

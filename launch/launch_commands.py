@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from launch.presets import ConfigError
+from launch.preset_files import ConfigError
 from launch.run_config import load_run_config, to_yaml
 from launch.slurm import (
     check_before_start,

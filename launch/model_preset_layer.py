@@ -16,7 +16,7 @@ for its family, so a later `model.family` that disagrees is an error naming the 
 
 from dataclasses import asdict, dataclass
 
-from launch.presets import ConfigError
+from launch.preset_files import ConfigError
 from model.presets import model_preset
 
 PRESET_KEY = "preset"

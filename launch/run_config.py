@@ -22,7 +22,7 @@ from evals.config import EvalConfig
 from launch.config import LaunchConfig
 from launch.config_checks import check_run_config
 from launch.model_preset_layer import PRESET_KEY, ModelPresetLayer, family_conflict, pop_model_preset
-from launch.presets import (
+from launch.preset_files import (
     BASE_KEY,
     ConfigError,
     available_presets,

@@ -14,9 +14,10 @@ from importlib import resources
 from pathlib import Path
 
 from data_pipeline.stats import DataError
-from launch.presets import ConfigError
+from launch.preset_files import ConfigError
 from training.checkpointing import CheckpointError
-from training.parallelize import mesh_shape
+from training.layout import plan_layout
+from training.preflight import preflight
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
 PLACEHOLDERS = ("JOB_NAME", "NODES", "NPROC_PER_NODE", "LOG_DIR", "SBATCH_OPTIONS", "WORKDIR",
@@ -37,14 +38,12 @@ def world_size(launch_cfg) -> int:
 def check_before_start(cfg, world: int, where: str) -> None:
     """Everything a job can get wrong before it queues: ranks vs the parallel section, batch
     divisibility, data paths, the checkpoint to resume, a writable checkpoint directory."""
-    from training.cli import preflight
-
     try:
-        mesh_shape(cfg.parallel, world)
+        layout = plan_layout(cfg.parallel, world)
     except ValueError as err:
         raise ConfigError(f"{err} (the job has {where})") from None
     try:
-        preflight(cfg, world)
+        preflight(cfg, layout)
     except (ValueError, DataError, CheckpointError) as err:
         raise ConfigError(str(err)) from None
     _check_writable(Path(cfg.train.out_dir))

@@ -1,15 +1,18 @@
-"""Meta-State, RWKV-7 and transformer language models (plain single-device nn.Modules)."""
+"""Meta-State, RWKV-7 and transformer language models (plain single-device nn.Modules).
 
-from model.config import FAMILIES, ModelConfig
-from model.generate import generate, iter_generate
-from model.language_model import LanguageModel, ModelState, build_model
-from model.optim_groups import parameter_groups
-from model.presets import PRESETS, model_preset, preset_names
-from model.rwkv_checkpoint import export_rwkv7_checkpoint, import_rwkv7_checkpoint
-from model.size import ModelSize, model_size
+The names below load on first use (ops/lazy_package.py), so `import model.config` stays free of
+torch: the command line reads and checks configs without paying for a torch import.
+"""
 
-__all__ = [
-    "FAMILIES", "ModelConfig", "LanguageModel", "ModelState", "build_model", "generate",
-    "iter_generate", "parameter_groups", "PRESETS", "model_preset", "preset_names", "model_size", "ModelSize",
-    "export_rwkv7_checkpoint", "import_rwkv7_checkpoint",
-]
+from ops.lazy_package import export_lazily
+
+__all__ = export_lazily(__name__, {
+    "FAMILIES": "model.config", "ModelConfig": "model.config",
+    "generate": "model.generate", "iter_generate": "model.generate",
+    "LanguageModel": "model.language_model", "ModelState": "model.language_model",
+    "build_model": "model.language_model",
+    "parameter_groups": "model.optim_groups",
+    "PRESETS": "model.presets", "model_preset": "model.presets", "preset_names": "model.presets",
+    "export_rwkv7_checkpoint": "model.rwkv_checkpoint", "import_rwkv7_checkpoint": "model.rwkv_checkpoint",
+    "ModelSize": "model.size", "model_size": "model.size",
+})

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, fields
 
+from ops.config_rules import Problem, choice_problems, range_problems
+
 FAMILIES = ("metastate", "rwkv7", "transformer")
 SSE_MODES = ("state", "learned")
 Z_NORMS = ("none", "l2", "rms")
@@ -30,6 +32,10 @@ class ModelConfig:
     lora_value: int = 0
     lora_gate: int = 0
     rope_theta: float = 10000.0        # transformer family only
+
+    def problems(self) -> list[Problem]:
+        """This section's own rules (model_config_problems below); [] when it is valid."""
+        return model_config_problems(self)
 
 
 def coerce_model_config(cfg) -> ModelConfig:
@@ -78,27 +84,27 @@ def ffn_width(cfg: ModelConfig) -> int:
     return 4 * cfg.d_model
 
 
-def validate_model_config(cfg: ModelConfig) -> None:
-    """Raise ValueError with a one-line message naming the bad field and the fix."""
-    choices = {"family": FAMILIES, "sse": SSE_MODES, "z_norm": Z_NORMS, "out_norm": OUT_NORMS}
-    for name, allowed in choices.items():
-        value = getattr(cfg, name)
-        if value not in allowed:
-            raise ValueError(f"model.{name}={value!r} is not supported; choose one of "
-                             f"{', '.join(allowed)}")
-    for name in ("vocab_size", "n_layer", "d_model", "head_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"model.{name}={getattr(cfg, name)} must be at least 1")
-    for name in ("d_state", "ffn_dim", "lora_decay", "lora_a", "lora_value", "lora_gate"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"model.{name}={getattr(cfg, name)} must be >= 0 (0 = default)")
-    if cfg.d_model % cfg.head_size:
-        raise ValueError(f"model.head_size={cfg.head_size} does not divide model.d_model="
-                         f"{cfg.d_model}; pick a d_model that is a multiple of the head size")
-    if state_width(cfg) % cfg.head_size:
-        raise ValueError(f"model.head_size={cfg.head_size} does not divide the state width "
-                         f"C_s = model.d_state={cfg.d_state}; use a multiple of the head size")
+def model_config_problems(cfg: ModelConfig) -> list[Problem]:
+    """Every rule of the model section on its own (parallel.tp's rules on the model are
+    cross-section, in launch/config_checks.py)."""
+    problems = choice_problems(cfg, "model", {"family": FAMILIES, "sse": SSE_MODES, "z_norm": Z_NORMS,
+                                              "out_norm": OUT_NORMS})
+    problems += range_problems(cfg, "model", {
+        "vocab_size": 1, "n_layer": 1, "d_model": 1, "d_state": 0, "head_size": 1, "ffn_dim": 0,
+        "lora_decay": 0, "lora_a": 0, "lora_value": 0, "lora_gate": 0}, positives=("rope_theta",))
+    if cfg.head_size >= 1 and cfg.d_model % cfg.head_size:
+        problems.append((f"model.d_model ({cfg.d_model}) must be a multiple of model.head_size "
+                         f"({cfg.head_size})", ("model.d_model", "model.head_size")))
+    if cfg.head_size >= 1 and cfg.d_state % cfg.head_size:
+        problems.append((f"model.d_state ({cfg.d_state}) must be a multiple of model.head_size "
+                         f"({cfg.head_size}); 0 means d_model", ("model.d_state", "model.head_size")))
     if cfg.family == "transformer" and cfg.head_size % 2:
-        raise ValueError(f"model.head_size={cfg.head_size} must be even for RoPE")
-    if cfg.rope_theta <= 0:
-        raise ValueError(f"model.rope_theta={cfg.rope_theta} must be positive")
+        problems.append((f"model.head_size={cfg.head_size} must be even for RoPE", ("model.head_size",)))
+    return problems
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Raise ValueError with the first problem of `cfg` (one line naming the field and the fix)."""
+    problems = model_config_problems(cfg)
+    if problems:
+        raise ValueError(problems[0][0])

@@ -1,9 +1,14 @@
 """Recurrences of the Meta-State stack (WKV-7, its Self-State-Encoder read-out, the meta-state)
-and the fused, chunked head + cross-entropy."""
+and the fused, chunked head + cross-entropy.
 
-from ops.config import BACKENDS, OpsConfig
-from ops.dispatch import Wkv7Scan, Wkv7Transition, meta_state_scan, resolve_backend, wkv7, wkv7_sse
-from ops.linear_cross_entropy import linear_cross_entropy
+The names below load on first use (ops/lazy_package.py), so `import ops.config` stays free of torch.
+"""
 
-__all__ = ["OpsConfig", "BACKENDS", "Wkv7Transition", "Wkv7Scan", "wkv7", "wkv7_sse",
-           "meta_state_scan", "resolve_backend", "linear_cross_entropy"]
+from ops.lazy_package import export_lazily
+
+__all__ = export_lazily(__name__, {
+    "OpsConfig": "ops.config", "BACKENDS": "ops.config",
+    "Wkv7Transition": "ops.dispatch", "Wkv7Scan": "ops.dispatch", "wkv7": "ops.dispatch",
+    "wkv7_sse": "ops.dispatch", "meta_state_scan": "ops.dispatch", "resolve_backend": "ops.dispatch",
+    "linear_cross_entropy": "ops.linear_cross_entropy",
+})

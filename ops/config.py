@@ -3,6 +3,8 @@
 import math
 from dataclasses import dataclass
 
+from ops.config_rules import Problem, choice_problems
+
 BACKENDS = ("auto", "reference", "chunked", "fla")
 
 # The chunked backend factors pairwise decays as e^{c_t} e^{-c_s} within a chunk; e^{-c_s} reaches
@@ -40,3 +42,12 @@ class OpsConfig:
     # never holds more than [loss_chunk_size, vocab] fp32 logits (1024 x 50304: 206 MB); 0 = the
     # plain whole-batch logits.
     loss_chunk_size: int = 1024
+
+    def problems(self) -> list[Problem]:
+        """This section's own rules; [] when it is valid."""
+        problems = choice_problems(self, "ops", {"backend": BACKENDS})
+        for name, problem in (("chunk_size", chunk_size_problem(self.chunk_size)),
+                              ("loss_chunk_size", loss_chunk_size_problem(self.loss_chunk_size))):
+            if problem:
+                problems.append((f"ops.{problem}", (f"ops.{name}",)))
+        return problems

@@ -11,7 +11,7 @@ one-call forms of the same objects.
 import torch
 
 from ops.config import BACKENDS
-from ops.rwkv7 import fla_available, wkv7_fla, wkv7_naive
+from ops.rwkv7 import fla_available, wkv7_fla, wkv7_reference
 from ops.rwkv7.checks import check_wkv7_inputs
 from ops.rwkv7.chunk import ChunkedTransition
 from ops.rwkv7.step import OneStepScan
@@ -80,7 +80,7 @@ class Wkv7Scan:
 
     def _full_scan(self, q, output_final_state):
         tr = self.transition
-        run = wkv7_naive if tr.backend == "reference" else wkv7_fla
+        run = wkv7_reference if tr.backend == "reference" else wkv7_fla
         return run((q,), tr.w, self.k, self.v, tr.a, tr.b, self.initial_state, output_final_state)
 
 

@@ -1,11 +1,13 @@
 """Training configuration: the `optim`, `train`, `parallel`, `checkpoint` and `tracking` sections.
 
 Each section is its own schema so that a component receives only the part it uses (the optimizer
-builder gets `cfg.optim`, the checkpointer `cfg.checkpoint`, ...). Choice fields are plain strings
-checked against the tuples below when a run config is loaded (see `launch/run_config.py`).
+builder gets `cfg.optim`, the checkpointer `cfg.checkpoint`, ...). Each section owns its rules (`problems()`);
+launch/config_checks.py collects them when a run config is loaded and adds the cross-section ones.
 """
 
 from dataclasses import dataclass, field
+
+from ops.config_rules import Problem, choice_problems, range_problems
 
 TRAIN_DTYPES = ("auto", "fp32", "bf16")
 PARALLEL_BACKENDS = ("none", "fsdp2", "deepspeed")
@@ -27,6 +29,19 @@ class OptimConfig:
                                        # steps from the expansion step; 0 = no re-warm
     grad_clip: float = 1.0             # global grad-norm clip; 0 disables clipping
 
+    def problems(self) -> list[Problem]:
+        """This section's own rules; [] when it is valid."""
+        problems = range_problems(self, "optim", {
+            "min_lr_ratio": 0, "weight_decay": 0, "warmup_steps": 0, "rewarm_steps": 0, "grad_clip": 0},
+            positives=("lr", "eps", "w0_lr_mult"))
+        if self.min_lr_ratio > 1:
+            problems.append((f"optim.min_lr_ratio must be <= 1, got {self.min_lr_ratio}",
+                             ("optim.min_lr_ratio",)))
+        betas = list(self.betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            problems.append((f"optim.betas must be two numbers in [0, 1), got {betas}", ("optim.betas",)))
+        return problems
+
 
 @dataclass
 class TrainConfig:
@@ -46,6 +61,21 @@ class TrainConfig:
     compile: bool = False              # torch.compile each block
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
 
+    def problems(self) -> list[Problem]:
+        """This section's own rules; [] when it is valid."""
+        problems = choice_problems(self, "train", {"dtype": TRAIN_DTYPES})
+        problems += range_problems(self, "train", {
+            "steps": 1, "global_batch_size": 1, "micro_batch_size": 1, "eval_every": 0, "eval_batches": 1,
+            "log_every": 1, "max_bad_steps": 1, "stop_after": 0})
+        if self.micro_batch_size >= 1 and self.global_batch_size % self.micro_batch_size:
+            problems.append((f"train.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                             f"train.micro_batch_size ({self.micro_batch_size})",
+                             ("train.global_batch_size", "train.micro_batch_size")))
+        if not self.resume.strip():
+            problems.append(("train.resume must be none, auto or a checkpoint path, got ''",
+                             ("train.resume",)))
+        return problems
+
 
 @dataclass
 class ParallelConfig:
@@ -54,11 +84,30 @@ class ParallelConfig:
     tp: int = 1                        # tensor-parallel degree; must divide the state heads
     dp: int = -1                       # data-parallel degree; -1 = world_size / tp
 
+    def problems(self) -> list[Problem]:
+        """This section's own rules; [] when it is valid."""
+        problems = choice_problems(self, "parallel", {"backend": PARALLEL_BACKENDS,
+                                                      "zero_stage": ZERO_STAGES})
+        problems += range_problems(self, "parallel", {"tp": 1})
+        if self.dp != -1 and self.dp < 1:
+            problems.append((f"parallel.dp must be -1 (world_size / tp) or >= 1, got {self.dp}",
+                             ("parallel.dp",)))
+        # the one place that says DeepSpeed means tp = 1 (its engine and parallelize rely on it)
+        if self.backend == "deepspeed" and self.tp != 1:
+            problems.append((f"parallel.tp must be 1 with parallel.backend=deepspeed (ZeRO has no tensor "
+                             f"parallel here), got {self.tp}; use parallel.backend=fsdp2 for tp > 1",
+                             ("parallel.tp", "parallel.backend")))
+        return problems
+
 
 @dataclass
 class CheckpointConfig:
     every: int = 500                   # steps between checkpoints; 0 = only at the end
     keep_last: int = 3                 # newest checkpoints kept on disk; 0 keeps all
+
+    def problems(self) -> list[Problem]:
+        """This section's own rules; [] when it is valid."""
+        return range_problems(self, "checkpoint", {"every": 0, "keep_last": 0})
 
 
 @dataclass
@@ -67,3 +116,11 @@ class TrackingConfig:
     uri: str = ""                      # tracking URI; "" = local sqlite under train.out_dir
     experiment: str = "metastate"      # MLflow experiment name
     run_name: str = ""                 # "" = the basename of train.out_dir
+
+    def problems(self) -> list[Problem]:
+        """This section's own rules; [] when it is valid."""
+        problems = choice_problems(self, "tracking", {"backend": TRACKING_BACKENDS})
+        if self.backend == "mlflow" and not self.experiment.strip():
+            problems.append(("tracking.experiment must name an MLflow experiment when "
+                             "tracking.backend=mlflow", ("tracking.experiment",)))
+        return problems

@@ -14,40 +14,13 @@ from pathlib import Path
 
 import torch
 
+from training.deepspeed_files import TAG, weights_only_load
 from training.distributed import DistEnv
-from training.engines import build_optimizer
-from training.parallelize import parallelize
+from training.engine_interface import EngineSetup
+from training.optimizer import build_optimizer
 from training.schedule import Rewarm, build_lr_scheduler
 from training.stability import NonFiniteGuard
 from training.train_state import load_rank_extras, save_rank_extras
-
-TAG = "state"  # one DeepSpeed tag per checkpoint directory; the step lives in the directory name
-
-
-_TORCH_LOAD = torch.load
-
-
-def weights_only_load(path, map_location=None):
-    """torch.load for DeepSpeed's checkpoint files without arbitrary unpickling: besides tensors
-    and containers they hold a few plain DeepSpeed records (loss scaler, ZeRO-stage enum,
-    partition addresses), allow-listed here."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    torch.serialization.add_safe_globals([LossScaler, ZeroStageEnum, fragment_address])
-    return _TORCH_LOAD(path, map_location=map_location, weights_only=True)
-
-
-@contextlib.contextmanager
-def weights_only_torch_load():
-    """Within the block, every torch.load is weights-only (for DeepSpeed tools that hard-code
-    weights_only=False, such as its ZeRO-to-fp32 consolidation)."""
-    torch.load = lambda f, map_location=None, **_: weights_only_load(f, map_location)
-    try:
-        yield
-    finally:
-        torch.load = _TORCH_LOAD
 
 
 def _init_deepspeed(env: DistEnv):
@@ -75,19 +48,19 @@ def _init_deepspeed(env: DistEnv):
 class DeepSpeedEngine:
     checkpoint_format = "deepspeed"
 
-    def __init__(self, model, cfg, env: DistEnv, accum: int, param_dtype: torch.dtype):
-        if cfg.parallel.tp != 1:
-            raise ValueError(f"parallel.backend=deepspeed runs with parallel.tp=1 only, "
-                             f"got parallel.tp={cfg.parallel.tp}")
+    def __init__(self, model, setup: EngineSetup):
+        # `model` comes from parallelize (activation checkpointing, compile; no data parallelism)
+        # parallel.tp is 1 here: ParallelConfig.problems refuses deepspeed with tp > 1
+        env, accum, param_dtype = setup.env, setup.accum, setup.param_dtype
         deepspeed = _init_deepspeed(env)
         self.env, self.accum = env, accum
-        oc, tc = cfg.optim, cfg.train
+        oc, tc = setup.optim, setup.train
         ds_config = {
             "train_batch_size": tc.global_batch_size,
             "train_micro_batch_size_per_gpu": tc.micro_batch_size,
             "gradient_accumulation_steps": accum,
             "gradient_clipping": oc.grad_clip,
-            "zero_optimization": {"stage": cfg.parallel.zero_stage},
+            "zero_optimization": {"stage": setup.parallel.zero_stage},
             "bf16": {"enabled": param_dtype == torch.bfloat16},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 2**31 - 1,
@@ -95,7 +68,6 @@ class DeepSpeedEngine:
         }
         # The schedule drives the torch AdamW that ZeRO wraps: ZeRO steps it with these same
         # param-group dicts, so the lr set here is the lr applied.
-        model = parallelize(model, cfg.parallel, tc, env, param_dtype)  # checkpointing, compile
         self.optimizer = build_optimizer(model, oc)
         self.rewarm = Rewarm(oc.rewarm_steps)
         self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio,

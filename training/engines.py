@@ -1,6 +1,9 @@
 """How one optimizer step is executed: `TorchEngine` (single process, DDP, FSDP2) or, for
 DeepSpeed ZeRO, `DeepSpeedEngine` (training/deepspeed_engine.py). The trainer's loop is the same
-for both: forward under `accumulating(...)`, `backward(loss)`, then `step(...)` once per step."""
+for both: forward under `accumulating(...)`, `backward(loss)`, then `step(...)` once per step.
+
+Both engines implement the `Engine` protocol and see only what `EngineSetup` carries
+(training/engine_interface.py)."""
 
 import contextlib
 import math
@@ -8,35 +11,26 @@ from pathlib import Path
 
 import torch
 
-from model import parameter_groups
-from training.distributed import DistEnv
-from training.parallelize import parallelize
+from training.engine_interface import Engine, EngineSetup
+from training.optimizer import build_optimizer
 from training.schedule import Rewarm, build_lr_scheduler
 from training.stability import NonFiniteGuard
 from training.train_state import load_train_state, save_train_state
 
 
-def build_optimizer(model: torch.nn.Module, optim_cfg) -> torch.optim.AdamW:
-    """AdamW over the official RWKV parameter groups (decay on 2-D weights, w0 at 2x lr)."""
-    groups = parameter_groups(model, optim_cfg.weight_decay, optim_cfg.w0_lr_mult)
-    for group in groups:
-        group["lr"] = optim_cfg.lr * group["lr_scale"]
-    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
-
-
 class TorchEngine:
-    """Plain PyTorch optimizer step over a model parallelized by training/parallelize.py."""
+    """Plain PyTorch optimizer step: `net` is `model` parallelized by training/parallelize.py
+(the same module under FSDP2, a DDP wrapper around it with several replicas)."""
 
     checkpoint_format = "dcp"
 
-    def __init__(self, model, cfg, env: DistEnv, accum: int, param_dtype: torch.dtype):
-        self.model, self.env, self.accum = model, env, accum
-        self.net = parallelize(model, cfg.parallel, cfg.train, env, param_dtype=param_dtype)
-        self.optimizer = build_optimizer(model, cfg.optim)
-        oc = cfg.optim
+    def __init__(self, model, net, setup: EngineSetup):
+        self.model, self.net, self.env, self.accum = model, net, setup.env, setup.accum
+        self.optimizer = build_optimizer(model, setup.optim)
+        oc = setup.optim
         self.rewarm = Rewarm(oc.rewarm_steps)
-        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, cfg.train.steps, oc.min_lr_ratio,
-                                            self.rewarm)
+        self.scheduler = build_lr_scheduler(self.optimizer, oc.warmup_steps, setup.train.steps,
+                                            oc.min_lr_ratio, self.rewarm)
         self.grad_clip = oc.grad_clip if oc.grad_clip > 0 else math.inf
 
     def accumulating(self, last_micro_batch: bool):
@@ -76,9 +70,13 @@ class TorchEngine:
         return extras
 
 
-def build_engine(model, cfg, env: DistEnv, accum: int, param_dtype: torch.dtype):
-    if cfg.parallel.backend == "deepspeed":
+def build_engine(model, net, setup: EngineSetup) -> Engine:
+    """The engine of `setup.parallel.backend` over `net` = parallelize(model, ...).
+
+    Example: build_engine(model, parallelize(model, layout, cfg.train, device), setup).step(...)
+    """
+    if setup.parallel.backend == "deepspeed":
         from training.deepspeed_engine import DeepSpeedEngine
 
-        return DeepSpeedEngine(model, cfg, env, accum, param_dtype)
-    return TorchEngine(model, cfg, env, accum, param_dtype)
+        return DeepSpeedEngine(net, setup)
+    return TorchEngine(model, net, setup)

@@ -1,5 +1,5 @@
-"""`metastate expand`: grow a trained checkpoint into a larger model (DESIGN.md section 6) and
-write a normal checkpoint that `metastate train ... train.resume=DIR` continues.
+"""Checkpoint expansion (`metastate expand`): grow a trained checkpoint into a larger model
+(DESIGN.md section 6) and write a normal checkpoint that `metastate train ... train.resume=DIR` continues.
 
 The parent is a checkpoint directory (DCP from single/DDP/FSDP2 runs, or DeepSpeed ZeRO; any
 world size) or a consolidated safetensors export. Weights grow function-preservingly
@@ -20,7 +20,6 @@ checkpoints and tags its MLflow run with it (a new MLflow run: the grown model i
 import dataclasses
 import hashlib
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,21 +27,19 @@ import torch
 from omegaconf import OmegaConf
 
 from data_pipeline.train_stream import build_train_stream
-from launch.run_config import ConfigError, load_run_config
-from model import PRESETS, build_model, model_preset
+from model import build_model
 from model.config import ModelConfig, coerce_model_config
 from model.expand import ExpansionError, check_expansion, expand_state_dict, grow_tensor
 from training.checkpointing import CheckpointError, CheckpointManager, find_checkpoint, read_manifest
+from training.deepspeed_files import MOMENTS, consolidate_zero, zero_moments
 from training.distributed import DistEnv
-from training.engines import build_optimizer
-from training.export import consolidate_zero
+from training.optimizer import build_optimizer
 from training.schedule import build_lr_scheduler, move_schedule_to
 from training.stability import NonFiniteGuard
 from training.tracking import flatten
 from training.train_state import load_train_state, save_train_state
 
 SINGLE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 @dataclass
@@ -103,43 +100,6 @@ def load_parent(source: str | Path) -> Parent:
                   content_sha256(path), manifest.get("mlflow_run_id"))
 
 
-def zero_moments(path: Path, weights: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """Per-parameter AdamW moments of a ZeRO 1/2/3 checkpoint: DeepSpeed's own consolidation
-    (zero_to_fp32) run over each moment's flat partitions in place of the fp32 weights', which
-    have the same layout (the moments' trailing alignment padding cut off)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from training.deepspeed_engine import TAG, weights_only_load
-
-    gathered, steps = {}, []
-    for moment in MOMENTS:
-        original = torch.load
-        torch.load = lambda f, map_location=None, _moment=moment, **_: _moment_as_weights(
-            weights_only_load(f, map_location), _moment, steps)
-        try:
-            gathered[moment] = get_fp32_state_dict_from_zero_checkpoint(str(path / "deepspeed"), tag=TAG)
-        finally:
-            torch.load = original
-    step = torch.tensor(float(steps[0]) if steps else 0.0)
-    return {name: {"exp_avg": gathered["exp_avg"][name].detach(),
-                   "exp_avg_sq": gathered["exp_avg_sq"][name].detach(), "step": step.clone()}
-            for name in weights}
-
-
-def _moment_as_weights(state, moment: str, steps: list):
-    optim = state.get("optimizer_state_dict") if isinstance(state, dict) else None
-    if not isinstance(optim, dict):
-        return state   # a model-states file
-    if "fp32_flat_groups" in optim:                        # ZeRO-3
-        key, base = "fp32_flat_groups", optim["optimizer_state_dict"]
-    else:                                                  # ZeRO-1/2
-        key, base = "single_partition_of_fp32_groups", optim["base_optimizer_state"]
-    groups = base if isinstance(base, list) else [base["state"][i] for i in sorted(base["state"])]
-    steps.append(groups[0]["step"])
-    optim[key] = [group[moment].reshape(-1)[: flat.numel()] for group, flat in zip(groups, optim[key])]
-    return state
-
-
 def _load_export(path: Path) -> Parent:
     from safetensors import SafetensorError, safe_open
 
@@ -156,32 +116,6 @@ def _load_export(path: Path) -> Parent:
     model_cfg = coerce_model_config(json.loads(metadata["model_config"]))
     return Parent(path, model_cfg, None, int(metadata.get("step", 0)), weights, None, None,
                   content_sha256(path))
-
-
-def target_run_config(parent: Parent, to: str, config: str | None, output: Path):
-    """The run config of the grown model: `to` as a model preset (metastate-450m) replaces the
-    model section of `config` (a run preset or YAML; default: the parent's own run config), or
-    `to` is itself a run config. train.out_dir becomes `output`, train.resume auto."""
-    if to in PRESETS:
-        if config is not None:
-            tree = OmegaConf.to_container(load_run_config(config), resolve=True)
-        elif parent.run_config is not None:
-            tree = dict(parent.run_config)
-        else:
-            raise ExpansionError(f"{parent.path} is an export without a run config: pass "
-                                 "--config RUN_CONFIG (a preset such as demo, or a YAML path)")
-        tree["model"] = dataclasses.asdict(model_preset(to))
-    else:
-        try:
-            tree = OmegaConf.to_container(load_run_config(to), resolve=True)
-        except ConfigError as err:
-            raise ExpansionError(f"--to {to}: neither a model preset ({', '.join(sorted(PRESETS))}) "
-                                 f"nor a loadable run config ({err})") from None
-    tree["train"] = {**tree["train"], "out_dir": str(output), "resume": "auto"}
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.create(tree)))
-        f.flush()
-        return load_run_config(f.name)
 
 
 def config_diff(parent: Parent, target: dict) -> dict[str, list]:
@@ -212,21 +146,25 @@ def grow_optimizer_state(optimizer, model, parent: Parent, old_shapes: dict) -> 
     return "kept: old entries keep their AdamW moments, new entries start at zero"
 
 
-def expand_checkpoint(source: str | Path, to: str, output: str | Path, freeze_old: bool = False,
-                      seed: int = 0, config: str | None = None) -> Path:
-    """Grow `source` into the model `to` names and write DIR/checkpoints/step-N (N = the parent's
-    step) plus DIR/config.yaml. Returns the checkpoint directory.
-
-    Example:
-        >>> expand_checkpoint("runs/small", "metastate-450m", "runs/grown", freeze_old=False)
-        >>> # then: metastate train runs/grown/config.yaml train.steps=20000
-    """
-    output = Path(output)
+def refuse_existing_run(output: Path) -> None:
+    """Expansion never overwrites a run: `output` must hold no checkpoints yet."""
     if (output / "checkpoints").exists() and any((output / "checkpoints").iterdir()):
         raise CheckpointError(f"--output {output} already holds checkpoints; pick a new directory "
                               "(expansion never overwrites a run)")
-    parent = load_parent(source)
-    cfg = target_run_config(parent, to, config, output)
+
+
+def grow_checkpoint(parent: Parent, cfg, output: str | Path, freeze_old: bool = False,
+                    seed: int = 0) -> Path:
+    """Grow `parent` into the model of the run config `cfg` (train.out_dir = `output`) and write
+    DIR/checkpoints/step-N (N = the parent's step) plus DIR/config.yaml. Returns the checkpoint
+    directory. launch/expansion.py builds `cfg` from the command line's --to and --config.
+
+    Example:
+        >>> grow_checkpoint(load_parent("runs/small"), cfg, "runs/grown", freeze_old=False)
+        >>> # then: metastate train runs/grown/config.yaml train.steps=20000
+    """
+    output = Path(output)
+    refuse_existing_run(output)
     check_expansion(parent.model_cfg, coerce_model_config(cfg.model))
     if freeze_old and cfg.parallel.backend != "none":
         raise ExpansionError(f"--freeze-old needs parallel.backend=none (single process or DDP), the "

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from model import build_model
 from training import safe_dcp
 from training.checkpointing import CheckpointError, find_checkpoint, read_manifest
+from training.deepspeed_files import consolidate_zero
 
 
 def export_safetensors(checkpoint: str | Path, output: str | Path | None = None) -> Path:
@@ -53,14 +54,3 @@ def load_checkpoint_weights(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     if missing:
         raise CheckpointError(f"{path}: the checkpoint lacks {missing[:3]} of its own model config")
     return weights, manifest, path
-
-
-def consolidate_zero(path: Path) -> dict[str, torch.Tensor]:
-    """Gather a ZeRO 1/2/3 checkpoint's partitions into full fp32 weights (DeepSpeed's own tool,
-    with its file reads forced to weights-only)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from training.deepspeed_engine import TAG, weights_only_torch_load
-
-    with weights_only_torch_load():
-        return get_fp32_state_dict_from_zero_checkpoint(str(path / "deepspeed"), tag=TAG)

@@ -6,11 +6,12 @@ torch DTensor plans; the layout is drawn in docs/parallelism.md). With `parallel
 groups the ranks form a 2-D DeviceMesh ("dp", "tp"): rank = dp_index * tp + tp_index, TP inside
 a group of neighbouring ranks and FSDP2 across groups. DeepSpeed ZeRO wraps the model in its own
 engine (training/deepspeed_engine.py) instead of the data-parallel step here and runs with tp = 1.
+The mesh itself is built once per process with the layout (training/layout.py).
 """
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import (
@@ -22,37 +23,7 @@ from torch.distributed.tensor.parallel import (
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from training.distributed import DistEnv
-
-
-def mesh_shape(parallel_cfg, world_size: int) -> tuple[int, int]:
-    """(dp, tp) for `world_size` processes; ValueError naming the numbers when they disagree.
-
-    Example: mesh_shape(cfg.parallel, 4) == (2, 2) for parallel.tp=2, parallel.dp=-1
-    """
-    tp = parallel_cfg.tp
-    if tp < 1 or world_size % tp:
-        raise ValueError(f"parallel.tp={tp} does not divide the world size {world_size}; launch a "
-                         f"multiple of {tp} processes or change parallel.tp")
-    dp = world_size // tp if parallel_cfg.dp == -1 else parallel_cfg.dp
-    if dp * tp != world_size:
-        raise ValueError(f"parallel.tp={tp} x parallel.dp={dp} = {tp * dp} differs from the world "
-                         f"size {world_size}; launch {tp * dp} processes or set parallel.dp=-1")
-    if tp > 1 and parallel_cfg.backend == "deepspeed":
-        raise ValueError(f"parallel.tp={tp} needs parallel.backend=fsdp2 or none: DeepSpeed runs "
-                         f"with parallel.tp=1 only")
-    if tp > 1 and dp > 1 and parallel_cfg.backend != "fsdp2":
-        raise ValueError(f"parallel.tp={tp} with {dp} data-parallel groups needs "
-                         f"parallel.backend=fsdp2 (FSDP2 over the dp dimension of the 2-D mesh)")
-    return dp, tp
-
-
-def data_parallel_rank(parallel_cfg, env: DistEnv) -> tuple[int, int]:
-    """(this rank's data-parallel index, number of data-parallel groups). The tp ranks of one
-    group read the same batches."""
-    dp, tp = mesh_shape(parallel_cfg, env.world_size)
-    return env.rank // tp, dp
-
+from training.layout import ParallelLayout
 
 # ------------------------------------------------------------------ tensor parallel
 
@@ -173,29 +144,26 @@ def apply_fsdp2(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) ->
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
-def parallelize(model: nn.Module, parallel_cfg, train_cfg, env: DistEnv,
+def parallelize(model: nn.Module, layout: ParallelLayout, train_cfg, device: torch.device,
                 param_dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Apply the configured parallelism to `model` (already on env.device); returns the module
-    to call. With backend none, tp = 1 and several ranks, the model is replicated with DDP.
+    """Apply `layout` (its mesh built, training/layout.py) to `model` (already on `device`);
+    returns the module to call. With backend none, tp = 1 and several ranks, the model is
+    replicated with DDP.
 
     Example:
-        >>> model = parallelize(build_model(cfg.model, cfg.ops, device), cfg.parallel, cfg.train, env)
+        >>> model = parallelize(build_model(cfg.model, cfg.ops, device), layout, cfg.train, device)
     """
-    dp, tp = mesh_shape(parallel_cfg, env.world_size)
-    mesh = init_device_mesh(env.device.type, (dp, tp), mesh_dim_names=("dp", "tp")) if tp > 1 else None
-    if tp > 1:
-        apply_tensor_parallel(model, mesh["tp"])
+    if layout.tp_size > 1:
+        apply_tensor_parallel(model, layout.tp_mesh)
     if train_cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     if train_cfg.compile:
         apply_compile(model)
-    if parallel_cfg.backend == "deepspeed":
+    if layout.backend == "deepspeed":
         return model  # DeepSpeed's engine partitions and reduces (training/deepspeed_engine.py)
-    if parallel_cfg.backend == "fsdp2":
-        dp_mesh = mesh["dp"] if mesh is not None else init_device_mesh(
-            env.device.type, (dp,), mesh_dim_names=("dp",))
-        apply_fsdp2(model, dp_mesh, param_dtype)
-    elif parallel_cfg.backend == "none" and dp > 1:
-        device_ids = [env.device.index] if env.device.type == "cuda" else None
+    if layout.backend == "fsdp2":
+        apply_fsdp2(model, layout.dp_mesh, param_dtype)
+    elif layout.backend == "none" and layout.dp_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
     return model

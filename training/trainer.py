@@ -24,10 +24,12 @@ from training.checkpointing import (
     step_of,
 )
 from training.distributed import DistEnv
+from training.engine_interface import EngineSetup
 from training.engines import build_engine
+from training.layout import ParallelLayout, plan_layout
 from training.lineage import FreezeOld, lineage_tags
 from training.monitors import MetricsLog, ProgressReporter, ThroughputMeter, peak_flops
-from training.parallelize import data_parallel_rank
+from training.parallelize import parallelize
 from training.preemption import PreemptionHandler, StopRequest
 from training.run_lock import RunLock
 from training.schedule import apply_optimizer_settings, optimizer_settings, start_rewarm
@@ -98,8 +100,10 @@ class Trainer:
         >>> Trainer(load_run_config("demo", ["train.steps=50"]), init_distributed()).run()
     """
 
-    def __init__(self, cfg, env: DistEnv, config_name: str = ""):
+    def __init__(self, cfg, env: DistEnv, config_name: str = "", layout: ParallelLayout | None = None):
         self.cfg, self.env, self.config_name = cfg, env, config_name
+        # this process's layout, mesh built: `metastate train` passes the one preflight planned
+        self.layout = layout or plan_layout(cfg.parallel, env.world_size, env.rank).with_mesh(env.device.type)
         # first, so that SIGUSR1 during model build or resume is a request, not the default kill
         self.preemption = PreemptionHandler(env.all_reduce_sum).install()
         self.stop_request: StopRequest | None = None
@@ -116,12 +120,15 @@ class Trainer:
         tc = cfg.train
         self.out_dir = Path(tc.out_dir)
         # the tensor-parallel ranks of one data-parallel group read the same batches
-        self.dp_rank, self.dp_size = data_parallel_rank(cfg.parallel, env)
+        self.dp_rank, self.dp_size = self.layout.dp_rank, self.layout.dp_size
         self.accum = gradient_accumulation_steps(tc, self.dp_size)
         self.dtype = compute_dtype(tc, env.device)
         torch.manual_seed(tc.seed)  # identical init on every rank (FSDP2/ZeRO shard a full model)
         self.model = build_model(cfg.model, cfg.ops, device=env.device)
-        self.engine = build_engine(self.model, cfg, env, self.accum, self.dtype)
+        # tensor parallel -> recompute -> compile -> FSDP2/DDP, on this process's one layout
+        net = parallelize(self.model, self.layout, tc, env.device, self.dtype)
+        setup = EngineSetup(cfg.optim, cfg.train, cfg.parallel, env, self.accum, self.dtype)
+        self.engine = build_engine(self.model, net, setup)
         self.stream = build_train_stream(cfg.data, self.dp_rank, self.dp_size, tc.micro_batch_size)
         self.validation = (ValidationWindows(cfg.data, tc.micro_batch_size, tc.eval_batches, env,
                                              (self.dp_rank, self.dp_size))

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+from launch.model_commands import register
 from model import build_model, model_preset, model_size, preset_names
-from model.cli import register
 from model.config import coerce_model_config
 from model.size import scan_flops_per_token
 
@@ -69,13 +69,13 @@ def test_unknown_preset_and_bad_head_size_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown model preset 'rwkv7-150M'.*did you mean "
                                          r"'rwkv7-150m'"):
         model_preset("rwkv7-150M")
-    with pytest.raises(ValueError, match=r"head_size=64 does not divide the state width C_s = "
-                                         r"model.d_state=100"):
+    with pytest.raises(ValueError, match=r"model.d_state \(100\) must be a multiple of "
+                                         r"model.head_size \(64\)"):
         build_model(model_preset("metastate-150m", d_state=100), device="meta")
-    with pytest.raises(ValueError, match=r"head_size=100 does not divide model.d_model=768"):
+    with pytest.raises(ValueError, match=r"model.d_model \(768\) must be a multiple of "
+                                         r"model.head_size \(100\)"):
         model_size(model_preset("rwkv7-150m", head_size=100))
-    with pytest.raises(ValueError, match=r"model.z_norm='layer' is not supported; choose one "
-                                         r"of none, l2, rms"):
+    with pytest.raises(ValueError, match=r"model.z_norm must be one of none \| l2 \| rms, got 'layer'"):
         build_model(model_preset("metastate-tiny", z_norm="layer"))
     with pytest.raises(ValueError, match=r"unknown key\(s\) n_embd"):
         coerce_model_config({"family": "rwkv7", "n_embd": 768})
@@ -117,7 +117,7 @@ def test_model_info_unknown_preset_exits_2(capsys):
 
 def test_model_cli_is_wired_into_metastate_command(capsys):
     cli = pytest.importorskip("launch.cli")
-    assert "model.cli" in cli.COMMAND_MODULES
+    assert "launch.model_commands" in cli.COMMAND_MODULES
     assert cli.main(["model", "info", "transformer-tiny", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["family"] == "transformer"
 

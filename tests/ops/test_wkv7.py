@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ops import meta_state_scan, wkv7, wkv7_sse
-from ops.rwkv7 import wkv7_chunked, wkv7_naive
+from ops.rwkv7 import wkv7_chunked, wkv7_reference
 
 FP32_REL_TOL = 2e-6
 FP64_REL_TOL = 1e-11
@@ -121,7 +121,7 @@ def test_sse_gradients_equal_reference(wkv7_inputs):
 def test_meta_state_scan_is_wkv7_with_key_value_query_z(wkv7_inputs):
     _, w, z, _, a, b, m0 = wkv7_inputs(2, 33, 2, 16, seed=9)
     o, m = meta_state_scan(z, w, a, b, m0, True, backend="chunked")
-    ys, m_ref = wkv7_naive((z,), w, z, z, a, b, m0, True)
+    ys, m_ref = wkv7_reference((z,), w, z, z, a, b, m0, True)
     assert rel_err(o, ys[0]) < FP64_REL_TOL
     assert rel_err(m, m_ref) < FP64_REL_TOL
 

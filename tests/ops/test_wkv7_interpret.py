@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ops import OpsConfig, wkv7
-from ops.rwkv7 import wkv7_fla, wkv7_naive
+from ops.rwkv7 import wkv7_fla, wkv7_reference
 from ops.rwkv7.fla import FAST_CHUNK_SIZE, RWKV7_LOG_DECAY_MIN, fla_call_settings
 from ops.rwkv7.triton_interpreter import interpreter_on
 
@@ -59,7 +59,7 @@ def compare_with_reference(inputs, dtype, with_state, bound, **fla_kwargs):
     got = outputs_and_grads(fla, inputs, dtype, with_state)
     # the reference sees the same rounded inputs, in float64
     rounded = [x.to(dtype).double() for x in inputs]
-    want = outputs_and_grads(wkv7_naive, rounded, torch.float64, with_state)
+    want = outputs_and_grads(wkv7_reference, rounded, torch.float64, with_state)
     errors = {name: rel_err(g, w) for name, g, w in zip(NAMES, got, want)}
     assert max(errors.values()) < bound, errors
     assert got[0].dtype == dtype

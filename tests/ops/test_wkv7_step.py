@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ops import Wkv7Transition, meta_state_scan, wkv7
-from ops.rwkv7 import wkv7_naive
+from ops.rwkv7 import wkv7_reference
 
 from .test_wkv7 import FP32_REL_TOL, FP64_REL_TOL, rel_err
 
@@ -16,7 +16,7 @@ def test_one_step_output_state_and_readout_equal_the_reference(wkv7_inputs, dtyp
     r, w, k, v, a, b, s0 = wkv7_inputs(2, 1, 3, 16, seed=5)
     u = torch.randn_like(r)
     s0 = s0 if with_state else None
-    (y_ref, z_ref), s_ref = wkv7_naive((r, u), w, k, v, a, b, s0, True)
+    (y_ref, z_ref), s_ref = wkv7_reference((r, u), w, k, v, a, b, s0, True)
     transition = Wkv7Transition(*(x.to(dtype) for x in (w, a, b)), backend="chunked")
     assert transition.one_step and transition.chunked is None
     scan = transition.scan(*(x.to(dtype) for x in (r, k, v)),
@@ -31,7 +31,7 @@ def test_one_step_output_state_and_readout_equal_the_reference(wkv7_inputs, dtyp
 def test_one_step_meta_state_equals_the_reference(wkv7_inputs):
     _, w, z, _, a, b, m0 = wkv7_inputs(2, 1, 2, 16, seed=6)
     o, m = meta_state_scan(z, w, a, b, m0, True, backend="chunked")
-    (o_ref,), m_ref = wkv7_naive((z,), w, z, z, a, b, m0, True)
+    (o_ref,), m_ref = wkv7_reference((z,), w, z, z, a, b, m0, True)
     assert rel_err(o, o_ref) < FP64_REL_TOL and rel_err(m, m_ref) < FP64_REL_TOL
 
 

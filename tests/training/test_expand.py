@@ -11,10 +11,11 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from launch.cli import main as cli_main
+from launch.expansion import expand_checkpoint
 from launch.run_config import load_run_config
 from model.expand import leading_block
 from training.checkpointing import find_latest, read_manifest
-from training.expand import expand_checkpoint, load_parent
+from training.expand import load_parent
 from training.export import export_safetensors
 from training.monitors import MetricsLog
 from training.schedule import lr_multiplier

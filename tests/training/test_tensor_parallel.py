@@ -192,12 +192,13 @@ def test_tp2_by_dp2_with_fsdp2_trains_like_one_process(tmp_path, megatron_train_
 
 
 def test_mesh_errors_name_the_numbers_before_any_process_group_starts(tmp_path):
-    from training.cli import preflight
+    from training.layout import plan_layout
+    from training.preflight import preflight
 
     def preflight_error(world_size, *overrides):
         cfg = load_run_config("smoke", [*TINY, f"train.out_dir={tmp_path}", *overrides])
         with pytest.raises(ValueError) as caught:
-            preflight(cfg, world_size)
+            preflight(cfg, plan_layout(cfg.parallel, world_size))
         return str(caught.value)
 
     assert "parallel.tp=2 does not divide the world size 3" in preflight_error(3, "parallel.tp=2")

@@ -1,4 +1,5 @@
-"""`metastate train`, `metastate export` and `metastate expand`."""
+"""`metastate train`, `metastate export` and `metastate expand`: the commands that assemble a run
+from a config and hand it to the training library (training/)."""
 
 import argparse
 import logging
@@ -6,12 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from data_pipeline.jsonl_reader import expand_paths
 from data_pipeline.stats import DataError
-from data_pipeline.token_corpus import find_token_shards
-from data_pipeline.tokenizer import VOCAB_SIZE
 from launch.run_config import load_run_config
-from training.checkpointing import CheckpointError, resolve_resume
+from training.checkpointing import CheckpointError
+from training.layout import plan_layout
+from training.preflight import preflight
 from training.run_lock import RunLock
 
 
@@ -55,50 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     expand.set_defaults(func=expand_command)
 
 
-def preflight(cfg, world_size: int) -> None:
-    """Every check that needs no process group, so a bad config fails before any rank starts."""
-    from training.parallelize import mesh_shape
-    from training.trainer import check_resume_compatible, gradient_accumulation_steps
-
-    dp_size, _ = mesh_shape(cfg.parallel, world_size)
-    gradient_accumulation_steps(cfg.train, dp_size)
-    if cfg.model.vocab_size < VOCAB_SIZE:  # (tiny model presets have small vocabularies for tests)
-        raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) must hold the tokenizer's "
-                         f"{VOCAB_SIZE} token ids (GPT-NeoX-20B) to train; use the default 50304")
-    if cfg.data.format == "jsonl":
-        check_jsonl_shards(cfg.data, dp_size)
-    else:
-        find_token_shards(cfg.data.train_path, cfg.data.format)
-    if cfg.train.eval_every > 0:
-        expand_paths(cfg.data.val_path, what="data.val_path")
-    path = resolve_resume(cfg.train.resume, Path(cfg.train.out_dir) / "checkpoints")
-    if path is not None:
-        check_resume_compatible(path, cfg, world_size)
-
-
-def check_jsonl_shards(data_cfg, dp_size: int) -> None:
-    """Raw jsonl deals whole shards to every reader (data-parallel rank x worker): the count the
-    stream would refuse on every rank after the model is built, checked up front."""
-    paths = expand_paths(data_cfg.train_path, what="data.train_path", split="train")
-    present = [p for p in paths if os.path.exists(p)]
-    if not present:
-        raise DataError(f"data.train_path={data_cfg.train_path}: no such file or directory; point it "
-                        "at jsonl.zst shards (a file, a directory or a glob)")
-    readers = dp_size * max(1, data_cfg.num_workers)
-    if len(paths) < readers:
-        raise DataError(f"data.format=jsonl deals whole shards to {dp_size} data-parallel ranks x "
-                        f"{max(1, data_cfg.num_workers)} workers = {readers} readers, but "
-                        f"data.train_path={data_cfg.train_path} has only {len(paths)} shards; use at "
-                        f"most {len(paths)} readers (fewer ranks or data.num_workers), or preprocess "
-                        "to data.format=megatron or wds")
-
-
 def train_command(args: argparse.Namespace) -> int:
     """Example: `metastate train demo train.steps=50 model.n_layer=4`."""
     cfg = load_run_config(args.config, args.overrides)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        preflight(cfg, world_size)
+        # this process's layout: planned once here, its mesh built once the process group exists
+        layout = plan_layout(cfg.parallel, world_size, int(os.environ.get("RANK", "0")))
+        preflight(cfg, layout)
         RunLock(Path(cfg.train.out_dir)).check()  # rank 0 takes the lock in Trainer
     except (ValueError, DataError, CheckpointError) as err:
         print(f"train: {err}", file=sys.stderr)
@@ -112,7 +76,8 @@ def train_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if env.is_rank0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
-        trainer = Trainer(cfg, env, config_name=Path(args.config).stem)
+        trainer = Trainer(cfg, env, config_name=Path(args.config).stem,
+                          layout=layout.with_mesh(env.device.type))
         result = trainer.run()
         request = trainer.stop_request
         if request is not None and env.is_rank0:
@@ -133,11 +98,9 @@ def train_command(args: argparse.Namespace) -> int:
         return PREEMPTED_EXIT_CODE
     if env.is_rank0:
         if result.get("val_loss") is not None:
-            from training.parallelize import mesh_shape
             from training.validation import final_validation_line
 
-            dp_size, _ = mesh_shape(cfg.parallel, world_size)
-            print(final_validation_line(result["val_loss"], result["step"], cfg, dp_size))
+            print(final_validation_line(result["val_loss"], result["step"], cfg, layout.dp_size))
         print(f"checkpoints: {Path(cfg.train.out_dir) / 'checkpoints'}")
         print(f"metrics: {trainer.how_to_view()}")
     return 0
@@ -158,7 +121,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 def expand_command(args: argparse.Namespace) -> int:
     """Example: `metastate expand runs/small --to metastate-450m --output runs/grown --freeze-old`."""
-    from training.expand import expand_checkpoint
+    from launch.expansion import expand_checkpoint
 
     try:
         path = expand_checkpoint(args.checkpoint, args.to, args.output, freeze_old=args.freeze_old,

@@ -8,7 +8,7 @@ for every query q (RWKV-7's receptance r, and the Self-State Encoder's u).
 import torch
 
 
-def wkv7_naive(
+def wkv7_reference(
     queries: tuple[torch.Tensor, ...],
     w: torch.Tensor,
     k: torch.Tensor,

@@ -6,7 +6,6 @@ import sys
 
 from model.config import state_width
 from model.presets import model_preset, preset_names
-from model.size import model_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +30,8 @@ def preset_info(name: str, seq_len: int = 4096) -> dict:
 
     Example: preset_info("rwkv7-150m")["params_total"] == 152_598_528
     """
+    from model.size import model_size  # counts parameters on torch's meta device
+
     cfg = model_preset(name)
     size = model_size(cfg, seq_len)
     return {
