@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from launch.cli import main
-from model.cli import preset_info
+from launch.model_commands import preset_info
 from model.presets import model_preset
 
 REPO = Path(__file__).resolve().parents[2]
