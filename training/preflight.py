@@ -32,7 +32,11 @@ def preflight(cfg, layout: ParallelLayout) -> None:
     else:
         find_token_shards(cfg.data.train_path, cfg.data.format)
     if cfg.train.eval_every > 0:
-        expand_paths(cfg.data.val_path, what="data.val_path")
+        missing = [p for p in expand_paths(cfg.data.val_path, what="data.val_path")
+                   if not os.path.exists(p)]
+        if missing:   # else the first periodic validation fails hours into the job
+            raise DataError(f"data.val_path={cfg.data.val_path}: {missing[0]} does not exist; point "
+                            "data.val_path at the held-out jsonl.zst file(s), or set train.eval_every=0")
     path = resolve_resume(cfg.train.resume, Path(cfg.train.out_dir) / "checkpoints")
     if path is not None:
         check_resume_compatible(path, cfg, world_size)

@@ -83,6 +83,8 @@ ROWS = [
     ([*TRAIN, "optim.betas=[0.9]"], "optim.betas must be two numbers"),
     ([*TRAIN, "train.steps"], "override 'train.steps' is not key=value"),
     # preflight: data, shards, resume target
+    ([*TRAIN, "train.eval_every=5", "data.val_path={root}/no-val.jsonl.zst", "train.out_dir={root}/o0"],
+     "data.val_path={root}/no-val.jsonl.zst: {root}/no-val.jsonl.zst does not exist; point data.val_path"),
     ([*TRAIN, "data.train_path=/nonexistent", "train.out_dir={root}/o1"],
      "data.train_path=/nonexistent: no such file or directory"),
     ([*TRAIN, "data.num_workers=8", "train.out_dir={root}/o2"],
