@@ -82,13 +82,20 @@ def test_generate_streams_text_and_greedy_is_reproducible(trained_run, capsys):
 def test_generation_is_lazy_and_recurrent_state_stays_constant(name):
     torch.manual_seed(0)
     model = build_model(model_preset(name), OpsConfig(backend="chunked"))
-    sizes = []
+    sizes, one_token_step = [], model.step
     model.register_forward_hook(lambda module, inputs, output: sizes.append(output[1].nbytes()))
+
+    def recorded_step(tokens, state):
+        logits, new_state = one_token_step(tokens, state)
+        sizes.append(new_state.nbytes())
+        return logits, new_state
+
+    model.step = recorded_step
     tokens = iter_generate(model, [1, 2, 3, 4], max_new_tokens=20, temperature=0)
     next(tokens)
     assert len(sizes) == 1              # the first token arrives after the prompt pass alone
     list(tokens)
-    assert len(sizes) == 20
+    assert len(sizes) == 20             # then one one-token step per further token
     if name == "transformer-tiny":
         assert sizes[-1] > sizes[0]     # the KV cache grows
     else:
