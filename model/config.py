@@ -6,6 +6,7 @@ FAMILIES = ("metastate", "rwkv7", "transformer")
 SSE_MODES = ("state", "learned")
 Z_NORMS = ("none", "l2", "rms")
 OUT_NORMS = ("head", "full")
+META_DECAYS = ("shared", "own")
 
 
 @dataclass
@@ -20,6 +21,11 @@ class ModelConfig:
     sse: str = "state"                 # state | learned
     z_norm: str = "l2"                 # none | l2 | rms
     out_norm: str = "head"             # head | full
+    # Readings the design leaves open (benchmarks/science.py compares them; docs/model.md)
+    meta_shift: bool = True            # token shift on the SSE query input; False: u_t from x_t alone
+    meta_decay: str = "shared"         # shared: the TimeMix's decay d_t | own: a learned
+                                       # per-channel decay of the meta-state's own (kk, a shared)
+    meta_out_lr_mult: float = 1.0      # W_oms trains at this multiple of lr (own optimizer group)
     # Width of the feed-forward layer: rwkv7 ChannelMix (official: 4C) or transformer SwiGLU
     # (8C/3 rounded up to a multiple of 64). 0 = that default; unused by the metastate family.
     ffn_dim: int = 0
@@ -80,7 +86,8 @@ def ffn_width(cfg: ModelConfig) -> int:
 
 def validate_model_config(cfg: ModelConfig) -> None:
     """Raise ValueError with a one-line message naming the bad field and the fix."""
-    choices = {"family": FAMILIES, "sse": SSE_MODES, "z_norm": Z_NORMS, "out_norm": OUT_NORMS}
+    choices = {"family": FAMILIES, "sse": SSE_MODES, "z_norm": Z_NORMS, "out_norm": OUT_NORMS,
+               "meta_decay": META_DECAYS}
     for name, allowed in choices.items():
         value = getattr(cfg, name)
         if value not in allowed:
@@ -100,5 +107,8 @@ def validate_model_config(cfg: ModelConfig) -> None:
                          f"C_s = model.d_state={cfg.d_state}; use a multiple of the head size")
     if cfg.family == "transformer" and cfg.head_size % 2:
         raise ValueError(f"model.head_size={cfg.head_size} must be even for RoPE")
+    if not cfg.meta_out_lr_mult > 0:
+        raise ValueError(f"model.meta_out_lr_mult={cfg.meta_out_lr_mult} must be positive "
+                         f"(1.0 = the plain lr)")
     if cfg.rope_theta <= 0:
         raise ValueError(f"model.rope_theta={cfg.rope_theta} must be positive")

@@ -1,16 +1,17 @@
 """The Meta-State layer: its math (DESIGN.md section 2) against an explicit per-token loop,
 float64 gradient checks on the reference backend, the chunked backend against the reference,
-and the config switches sse / z_norm / out_norm."""
+and the config switches sse / z_norm / out_norm / meta_shift / meta_decay."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model import model_preset
+from model.config import validate_model_config
 from model.meta_state import MetaStateLayer
 from model.time_mix import TimeMix
 
-from .conftest import CHUNKED, REFERENCE, perturb
+from .conftest import CHUNKED, REFERENCE, perturb, tiny_model
 
 
 def layer_pair(ops_cfg, dtype=torch.float64, seed=0, **overrides):
@@ -125,7 +126,8 @@ def test_chunked_gradients_equal_reference_gradients():
 
 @pytest.mark.parametrize("switch", [dict(sse="learned"), dict(z_norm="none"),
                                     dict(z_norm="rms"), dict(out_norm="full"),
-                                    dict(d_state=128)])
+                                    dict(d_state=128), dict(meta_shift=False),
+                                    dict(meta_decay="own")])
 def test_switches_build_and_keep_recurrent_parity(switch):
     time_mix, meta, cfg = layer_pair(CHUNKED, dtype=torch.float64, **switch)
     x, v_first = inputs(cfg, T=12)
@@ -163,3 +165,44 @@ def test_fresh_layer_outputs_zero_and_has_per_head_norm():
     assert torch.count_nonzero(meta.output.weight) == 0
     no_input = MetaStateLayer(model_preset("metastate-tiny"), 0, CHUNKED)
     assert no_input.input is None
+
+
+def test_meta_shift_off_reads_only_the_current_token():
+    time_mix, meta, cfg = layer_pair(CHUNKED, meta_shift=False)
+    assert meta.x_m is None
+    x, v_first = inputs(cfg, T=6)
+    _, _, _, _, scan = time_mix(x, v_first)
+    with_shift_state = meta(x, scan, shift_state=torch.randn(2, cfg.d_model, dtype=torch.float64))
+    # without the token shift, a carried previous token cannot change the output
+    assert torch.equal(meta(x, scan)[0], with_shift_state[0])
+    _, shifted_meta, _ = layer_pair(CHUNKED)
+    assert not torch.equal(shifted_meta(x, scan)[0], shifted_meta(
+        x, scan, shift_state=torch.randn(2, cfg.d_model, dtype=torch.float64))[0])
+
+
+def test_own_decay_has_its_own_bias_and_changes_the_meta_state():
+    time_mix, own, cfg = layer_pair(REFERENCE, meta_decay="own")
+    _, shared, _ = layer_pair(REFERENCE, meta_decay="shared")
+    assert own.w0.shape == (cfg.d_model,) and not hasattr(shared, "w0")
+    x, v_first = inputs(cfg, T=7)
+    _, _, _, _, scan = time_mix(x, v_first)
+    out, _, meta_state = own(x, scan)
+    assert out.shape == x.shape and meta_state.shape == (2, 4, 16, 16)
+    # the meta-state decays by its own w0: moving w0 moves the state; the TimeMix's w does not
+    with torch.no_grad():
+        own.w0.add_(1.0)
+    assert not torch.allclose(own(x, scan)[2], meta_state)
+    out.square().sum().backward()
+    assert own.w0.grad is not None and own.w0.grad.abs().sum() > 0
+
+
+def test_new_readings_train_every_parameter_and_reject_bad_values():
+    model = tiny_model("metastate-tiny", meta_shift=False, meta_decay="own")
+    tokens = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(0))
+    model(tokens[:, :-1], targets=tokens[:, 1:])[0].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert missing == [] and not any("x_m" in n for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match="model.meta_decay='both' is not supported"):
+        validate_model_config(model_preset("metastate-tiny", meta_decay="both"))
+    with pytest.raises(ValueError, match="model.meta_out_lr_mult=0 must be positive"):
+        validate_model_config(model_preset("metastate-tiny", meta_out_lr_mult=0))
