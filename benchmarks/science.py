@@ -255,7 +255,7 @@ def parse_args(argv):
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated labels (default: all): " + ", ".join(VARIANTS))
     parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (>= 3 for error bars)")
-    parser.add_argument("--steps", type=int, default=240, help="optimizer steps (before --scale)")
+    parser.add_argument("--steps", type=int, default=128, help="optimizer steps (before --scale)")
     parser.add_argument("--scale", type=int, default=1,
                         help="multiply the steps (so the training bytes) by this, e.g. 20 on a GPU")
     parser.add_argument("--batch", type=int, default=16, help="sequences per step")
@@ -273,11 +273,12 @@ def parse_args(argv):
     parser.add_argument("--plan", action="store_true",
                         help="print each variant's shape and parameter count, then exit")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: tiny models, few steps, 2 seeds, 3 kB of val")
+                        help="smoke test: tiny models, 6 steps, 2 seeds, 3 kB of val (explicit flags win)")
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick:    # the smoke sizes, except where a flag was given explicitly
         for key, value in QUICK.items():
-            setattr(args, key, value)
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
     args.steps *= args.scale
     return args
 
