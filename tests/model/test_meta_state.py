@@ -38,16 +38,20 @@ def explicit_meta_state(time_mix, meta, x, v_first):
     _, _, _, _, scan = time_mix(x, v_first)
     w, a, b = scan.transition.w, scan.transition.a, scan.transition.b
     k, v = scan.k, scan.v
-    xm = x + (F.pad(x, (0, 0, 1, -1)) - x) * meta.x_m
+    # meta_decay=own: M decays by exp(-e^{-1/2} sigmoid(w0_m)), the same for every token
+    w_m = w if not hasattr(meta, "w0") else (
+        -0.6065306597 * torch.sigmoid(meta.w0)).view(1, 1, H, N).expand(B, T, H, N)
+    xm = x if meta.x_m is None else x + (F.pad(x, (0, 0, 1, -1)) - x) * meta.x_m
     u = (meta.input(xm) if meta.input is not None else xm).view(B, T, H, N)
     S = x.new_zeros(B, H, N, N)
     M = x.new_zeros(B, H, N, N)
     outs = []
     for t in range(T):
-        transition = torch.diag_embed(w[:, t].exp()) + a[:, t, :, :, None] * b[:, t, :, None, :]
-        S = S @ transition + v[:, t, :, :, None] * k[:, t, :, None, :]
-        z = F.normalize(torch.relu((S @ u[:, t, :, :, None]).squeeze(-1)), dim=-1, eps=1e-12)
-        M = M @ transition + z[..., :, None] * z[..., None, :]
+        rank_one = a[:, t, :, :, None] * b[:, t, :, None, :]
+        S = S @ (torch.diag_embed(w[:, t].exp()) + rank_one) + v[:, t, :, :, None] * k[:, t, :, None, :]
+        weight = S if not hasattr(meta, "sse_weight") else meta.sse_weight
+        z = F.normalize(torch.relu((weight @ u[:, t, :, :, None]).squeeze(-1)), dim=-1, eps=1e-12)
+        M = M @ (torch.diag_embed(w_m[:, t].exp()) + rank_one) + z[..., :, None] * z[..., None, :]
         o = (M @ z[..., None]).squeeze(-1)
         outs.append(F.group_norm(o.reshape(B, H * N), H, meta.ln_out.weight, meta.ln_out.bias,
                                  meta.ln_out.eps))
@@ -62,9 +66,12 @@ def inputs(cfg, B=2, T=9, seed=1, dtype=torch.float64):
     return x, v_first
 
 
+@pytest.mark.parametrize("reading", [{}, dict(meta_shift=False), dict(meta_decay="own"),
+                                     dict(sse="learned")], ids=["default", "no-shift", "own-decay",
+                                                                "learned-sse"])
 @pytest.mark.parametrize("ops_cfg", [REFERENCE, CHUNKED], ids=["reference", "chunked"])
-def test_layer_matches_the_design_equations_token_by_token(ops_cfg):
-    time_mix, meta, cfg = layer_pair(ops_cfg)
+def test_layer_matches_the_design_equations_token_by_token(ops_cfg, reading):
+    time_mix, meta, cfg = layer_pair(ops_cfg, **reading)
     x, v_first = inputs(cfg)
     out, meta_state = run_pair(time_mix, meta, x, v_first)
     expected, expected_state = explicit_meta_state(time_mix, meta, x, v_first)
