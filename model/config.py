@@ -8,6 +8,7 @@ FAMILIES = ("metastate", "rwkv7", "transformer")
 SSE_MODES = ("state", "learned")
 Z_NORMS = ("none", "l2", "rms")
 OUT_NORMS = ("head", "full")
+META_DECAYS = ("shared", "own")
 
 
 @dataclass
@@ -22,6 +23,11 @@ class ModelConfig:
     sse: str = "state"                 # state | learned
     z_norm: str = "l2"                 # none | l2 | rms
     out_norm: str = "head"             # head | full
+    # Readings the design leaves open (benchmarks/science.py compares them; docs/model.md)
+    meta_shift: bool = True            # token shift on the SSE query input; False: u_t from x_t alone
+    meta_decay: str = "shared"         # shared: the TimeMix's decay d_t | own: a learned
+                                       # per-channel decay of the meta-state's own (kk, a shared)
+    meta_out_lr_mult: float = 1.0      # W_oms trains at this multiple of lr (own optimizer group)
     # Width of the feed-forward layer: rwkv7 ChannelMix (official: 4C) or transformer SwiGLU
     # (8C/3 rounded up to a multiple of 64). 0 = that default; unused by the metastate family.
     ffn_dim: int = 0
@@ -88,10 +94,12 @@ def model_config_problems(cfg: ModelConfig) -> list[Problem]:
     """Every rule of the model section on its own (parallel.tp's rules on the model are
     cross-section, in launch/config_checks.py)."""
     problems = choice_problems(cfg, "model", {"family": FAMILIES, "sse": SSE_MODES, "z_norm": Z_NORMS,
-                                              "out_norm": OUT_NORMS})
+                                              "out_norm": OUT_NORMS,
+                                              "meta_decay": META_DECAYS})
     problems += range_problems(cfg, "model", {
         "vocab_size": 1, "n_layer": 1, "d_model": 1, "d_state": 0, "head_size": 1, "ffn_dim": 0,
-        "lora_decay": 0, "lora_a": 0, "lora_value": 0, "lora_gate": 0}, positives=("rope_theta",))
+        "lora_decay": 0, "lora_a": 0, "lora_value": 0, "lora_gate": 0},
+        positives=("rope_theta", "meta_out_lr_mult"))
     if cfg.head_size >= 1 and cfg.d_model % cfg.head_size:
         problems.append((f"model.d_model ({cfg.d_model}) must be a multiple of model.head_size "
                          f"({cfg.head_size})", ("model.d_model", "model.head_size")))

@@ -20,7 +20,8 @@ from model.language_model import build_model
 
 # Fields that must stay equal: they fix the residual width, the vocabulary, the per-head maths,
 # the LoRA ranks (a grown gate LoRA would add sigmoid(0) * fresh rows) or the FFN width.
-FIXED_FIELDS = ("family", "vocab_size", "d_model", "head_size", "sse", "z_norm", "out_norm")
+FIXED_FIELDS = ("family", "vocab_size", "d_model", "head_size", "sse", "z_norm", "out_norm",
+                "meta_shift", "meta_decay")
 RECURRENT_FAMILIES = ("metastate", "rwkv7")
 ZERO_COLUMN_SUFFIXES = ("att.output.weight", "meta.output.weight")   # W_o and W_oms
 W_IN = "meta.input.weight"

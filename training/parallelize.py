@@ -83,7 +83,8 @@ def rwkv_block_plan(block: nn.Module) -> dict[str, ParallelStyle]:
         plan.update({"ffn": OwnParameters(), "ffn.key": ColwiseParallel(),
                      "ffn.value": RowwiseParallel()})
     else:
-        plan.update({"meta": OwnParameters({"sse_weight": 0}), "meta.output": RowwiseParallel(),
+        # sse_weight [H_s, N, N] and the own decay bias w0 [C_s] (meta_decay=own) split by head
+        plan.update({"meta": OwnParameters({"sse_weight": 0, "w0": 0}), "meta.output": RowwiseParallel(),
                      "meta.ln_out": OwnParameters(PER_HEAD)})
         if block.meta.input is not None:
             plan["meta.input"] = ColwiseParallel()

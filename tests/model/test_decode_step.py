@@ -11,6 +11,7 @@ from .conftest import TINY, random_tokens, tiny_model
 VARIANTS = [(name, {}) for name in TINY] + [
     ("metastate-tiny", {"sse": "learned"}),
     ("metastate-tiny", {"out_norm": "full", "z_norm": "rms"}),
+    ("metastate-tiny", {"meta_shift": False, "meta_decay": "own"}),
 ]
 
 

@@ -1,16 +1,17 @@
 """The Meta-State layer: its math (DESIGN.md section 2) against an explicit per-token loop,
 float64 gradient checks on the reference backend, the chunked backend against the reference,
-and the config switches sse / z_norm / out_norm."""
+and the config switches sse / z_norm / out_norm / meta_shift / meta_decay."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model import model_preset
+from model.config import validate_model_config
 from model.meta_state import MetaStateLayer
 from model.time_mix import TimeMix
 
-from .conftest import CHUNKED, REFERENCE, perturb
+from .conftest import CHUNKED, REFERENCE, perturb, tiny_model
 
 
 def layer_pair(ops_cfg, dtype=torch.float64, seed=0, **overrides):
@@ -37,16 +38,20 @@ def explicit_meta_state(time_mix, meta, x, v_first):
     _, _, _, _, scan = time_mix(x, v_first)
     w, a, b = scan.transition.w, scan.transition.a, scan.transition.b
     k, v = scan.k, scan.v
-    xm = x + (F.pad(x, (0, 0, 1, -1)) - x) * meta.x_m
+    # meta_decay=own: M decays by exp(-e^{-1/2} sigmoid(w0_m)), the same for every token
+    w_m = w if not hasattr(meta, "w0") else (
+        -0.6065306597 * torch.sigmoid(meta.w0)).view(1, 1, H, N).expand(B, T, H, N)
+    xm = x if meta.x_m is None else x + (F.pad(x, (0, 0, 1, -1)) - x) * meta.x_m
     u = (meta.input(xm) if meta.input is not None else xm).view(B, T, H, N)
     S = x.new_zeros(B, H, N, N)
     M = x.new_zeros(B, H, N, N)
     outs = []
     for t in range(T):
-        transition = torch.diag_embed(w[:, t].exp()) + a[:, t, :, :, None] * b[:, t, :, None, :]
-        S = S @ transition + v[:, t, :, :, None] * k[:, t, :, None, :]
-        z = F.normalize(torch.relu((S @ u[:, t, :, :, None]).squeeze(-1)), dim=-1, eps=1e-12)
-        M = M @ transition + z[..., :, None] * z[..., None, :]
+        rank_one = a[:, t, :, :, None] * b[:, t, :, None, :]
+        S = S @ (torch.diag_embed(w[:, t].exp()) + rank_one) + v[:, t, :, :, None] * k[:, t, :, None, :]
+        weight = S if not hasattr(meta, "sse_weight") else meta.sse_weight
+        z = F.normalize(torch.relu((weight @ u[:, t, :, :, None]).squeeze(-1)), dim=-1, eps=1e-12)
+        M = M @ (torch.diag_embed(w_m[:, t].exp()) + rank_one) + z[..., :, None] * z[..., None, :]
         o = (M @ z[..., None]).squeeze(-1)
         outs.append(F.group_norm(o.reshape(B, H * N), H, meta.ln_out.weight, meta.ln_out.bias,
                                  meta.ln_out.eps))
@@ -61,9 +66,12 @@ def inputs(cfg, B=2, T=9, seed=1, dtype=torch.float64):
     return x, v_first
 
 
+@pytest.mark.parametrize("reading", [{}, dict(meta_shift=False), dict(meta_decay="own"),
+                                     dict(sse="learned")], ids=["default", "no-shift", "own-decay",
+                                                                "learned-sse"])
 @pytest.mark.parametrize("ops_cfg", [REFERENCE, CHUNKED], ids=["reference", "chunked"])
-def test_layer_matches_the_design_equations_token_by_token(ops_cfg):
-    time_mix, meta, cfg = layer_pair(ops_cfg)
+def test_layer_matches_the_design_equations_token_by_token(ops_cfg, reading):
+    time_mix, meta, cfg = layer_pair(ops_cfg, **reading)
     x, v_first = inputs(cfg)
     out, meta_state = run_pair(time_mix, meta, x, v_first)
     expected, expected_state = explicit_meta_state(time_mix, meta, x, v_first)
@@ -125,7 +133,8 @@ def test_chunked_gradients_equal_reference_gradients():
 
 @pytest.mark.parametrize("switch", [dict(sse="learned"), dict(z_norm="none"),
                                     dict(z_norm="rms"), dict(out_norm="full"),
-                                    dict(d_state=128)])
+                                    dict(d_state=128), dict(meta_shift=False),
+                                    dict(meta_decay="own")])
 def test_switches_build_and_keep_recurrent_parity(switch):
     time_mix, meta, cfg = layer_pair(CHUNKED, dtype=torch.float64, **switch)
     x, v_first = inputs(cfg, T=12)
@@ -163,3 +172,44 @@ def test_fresh_layer_outputs_zero_and_has_per_head_norm():
     assert torch.count_nonzero(meta.output.weight) == 0
     no_input = MetaStateLayer(model_preset("metastate-tiny"), 0, CHUNKED)
     assert no_input.input is None
+
+
+def test_meta_shift_off_reads_only_the_current_token():
+    time_mix, meta, cfg = layer_pair(CHUNKED, meta_shift=False)
+    assert meta.x_m is None
+    x, v_first = inputs(cfg, T=6)
+    _, _, _, _, scan = time_mix(x, v_first)
+    with_shift_state = meta(x, scan, shift_state=torch.randn(2, cfg.d_model, dtype=torch.float64))
+    # without the token shift, a carried previous token cannot change the output
+    assert torch.equal(meta(x, scan)[0], with_shift_state[0])
+    _, shifted_meta, _ = layer_pair(CHUNKED)
+    assert not torch.equal(shifted_meta(x, scan)[0], shifted_meta(
+        x, scan, shift_state=torch.randn(2, cfg.d_model, dtype=torch.float64))[0])
+
+
+def test_own_decay_has_its_own_bias_and_changes_the_meta_state():
+    time_mix, own, cfg = layer_pair(REFERENCE, meta_decay="own")
+    _, shared, _ = layer_pair(REFERENCE, meta_decay="shared")
+    assert own.w0.shape == (cfg.d_model,) and not hasattr(shared, "w0")
+    x, v_first = inputs(cfg, T=7)
+    _, _, _, _, scan = time_mix(x, v_first)
+    out, _, meta_state = own(x, scan)
+    assert out.shape == x.shape and meta_state.shape == (2, 4, 16, 16)
+    # the meta-state decays by its own w0: moving w0 moves the state; the TimeMix's w does not
+    with torch.no_grad():
+        own.w0.add_(1.0)
+    assert not torch.allclose(own(x, scan)[2], meta_state)
+    out.square().sum().backward()
+    assert own.w0.grad is not None and own.w0.grad.abs().sum() > 0
+
+
+def test_new_readings_train_every_parameter_and_reject_bad_values():
+    model = tiny_model("metastate-tiny", meta_shift=False, meta_decay="own")
+    tokens = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(0))
+    model(tokens[:, :-1], targets=tokens[:, 1:])[0].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert missing == [] and not any("x_m" in n for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match="model.meta_decay must be one of shared | own, got 'both'"):
+        validate_model_config(model_preset("metastate-tiny", meta_decay="both"))
+    with pytest.raises(ValueError, match="model.meta_out_lr_mult must be > 0, got 0"):
+        validate_model_config(model_preset("metastate-tiny", meta_out_lr_mult=0))

@@ -56,3 +56,17 @@ def test_groups_drive_adamw_with_decay_only_where_asked():
     opt.step()        # zero gradients: only weight decay moves anything
     assert torch.equal(model.ln_out.weight, norm_before)
     assert torch.allclose(model.head.weight, head_before * (1 - 1e-2 * 0.5))
+
+
+def test_meta_out_lr_mult_gives_w_oms_and_own_decay_bias_their_groups():
+    default = groups_by_name(build_model(model_preset("metastate-tiny"), device="meta"),
+                             weight_decay=0.1)
+    assert set(default) == {"no_decay", "w0", "decay"}        # the default: RWKV-LM's groups
+    model = build_model(model_preset("metastate-tiny", meta_out_lr_mult=0.25, meta_decay="own"),
+                        device="meta")
+    groups = groups_by_name(model, weight_decay=0.1)
+    meta_group, meta_out = groups["meta_out"]
+    assert meta_out == {f"blocks.{i}.meta.output.weight" for i in range(2)}
+    assert meta_group["lr_scale"] == 0.25 and meta_group["weight_decay"] == 0.1
+    assert not meta_out & groups["decay"][1]
+    assert {f"blocks.{i}.meta.w0" for i in range(2)} <= groups["w0"][1]

@@ -26,11 +26,12 @@ from .conftest import TINY, free_port, run_cli
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 # (label, preset, overrides): every family, and both Meta-State inputs (u = x' split into heads
-# when C_s = C, W_in x' when C_s != C) plus the learned-SSE ablation.
+# when C_s = C, W_in x' when C_s != C) plus the learned-SSE ablation and the other readings.
 MODELS = [
     ("metastate", "metastate-tiny", {}),
     ("metastate W_in", "metastate-tiny-wide", {}),
     ("metastate sse=learned", "metastate-tiny", {"sse": "learned"}),
+    ("metastate own decay, no shift", "metastate-tiny", {"meta_decay": "own", "meta_shift": False}),
     ("rwkv7", "rwkv7-tiny", {}),
     ("transformer", "transformer-tiny", {}),
 ]
