@@ -73,6 +73,16 @@ def current_stage(cfg) -> tuple[list[Stage], int]:
     return stages, 0
 
 
+def config_to_check(cfg):
+    """What preflight checks: a staged run's current stage (its model, its checkpoints), else
+    `cfg` itself. Raises like `current_stage` for a fresh run over an earlier run's checkpoints."""
+    if not cfg.stages:
+        return cfg
+    check_staged_resume(cfg)
+    stages, index = current_stage(cfg)
+    return stage_run_config(cfg, stages[index])
+
+
 def check_staged_resume(cfg) -> None:
     """A staged run resumes with train.resume=auto (it picks the stage itself), not a path."""
     if cfg.stages and cfg.train.resume not in ("auto", "none"):

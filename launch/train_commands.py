@@ -9,6 +9,7 @@ from pathlib import Path
 
 from data_pipeline.stats import DataError
 from launch.run_config import load_run_config
+from launch.stages import config_to_check
 from training.checkpointing import CheckpointError
 from training.layout import plan_layout
 from training.preflight import preflight
@@ -62,14 +63,7 @@ def train_command(args: argparse.Namespace) -> int:
     try:
         # this process's layout: planned once here, its mesh built once the process group exists
         layout = plan_layout(cfg.parallel, world_size, int(os.environ.get("RANK", "0")))
-        if cfg.stages:  # the checks of the stage that runs now (its model, its checkpoints)
-            from launch.stages import check_staged_resume, current_stage, stage_run_config
-
-            check_staged_resume(cfg)
-            stages, index = current_stage(cfg)  # a fresh run over an earlier run's fails here
-            preflight(stage_run_config(cfg, stages[index]), layout)
-        else:
-            preflight(cfg, layout)
+        preflight(config_to_check(cfg), layout)  # a staged run: the stage that runs now
         RunLock(Path(cfg.train.out_dir)).check()  # rank 0 takes the lock in Trainer
     except (ValueError, DataError, CheckpointError) as err:
         print(f"train: {err}", file=sys.stderr)
