@@ -15,6 +15,7 @@ import yaml
 
 from launch.cli import main
 from model.expand import leading_block
+from tests.conftest import sigkill_after_step
 from training.checkpointing import PARTIAL_PREFIX, find_latest, read_manifest
 from training.export import load_checkpoint_weights
 from training.monitors import MetricsLog
@@ -172,16 +173,7 @@ def killed(config, out, chaos):
 
 
 def killed_after_step(config, out, step):
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", str(config),
-                             f"train.out_dir={out}", "train.resume=auto"], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith(f"step {step}/"):
-            proc.kill()
-            break
-    proc.stdout.close()
-    assert proc.wait(timeout=300) == -signal.SIGKILL
+    sigkill_after_step(["train", str(config), f"train.out_dir={out}", "train.resume=auto"], step, REPO)
 
 
 def test_kills_at_every_kind_of_point_resume_bitwise_equal(configs, reference, tmp_path):
