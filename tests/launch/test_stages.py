@@ -15,7 +15,7 @@ import yaml
 
 from launch.cli import main
 from model.expand import leading_block
-from tests.conftest import sigkill_after_step
+from tests.conftest import free_port, sigkill_after_step
 from training.checkpointing import PARTIAL_PREFIX, find_latest, read_manifest
 from training.export import load_checkpoint_weights
 from training.monitors import MetricsLog
@@ -221,3 +221,19 @@ def test_progressive_tiny_config_finishes_with_the_grown_model_and_freezes_its_o
     assert not torch.equal(at_25["blocks.2.att.receptance.weight"], grown["blocks.2.att.receptance.weight"])
     name = "blocks.0.att.receptance.weight"
     assert not torch.equal(at_30[name][leading_block(old[name].shape)], old[name])
+
+
+@pytest.mark.dist
+def test_two_ranks_grow_in_a_child_process_and_finish_with_the_grown_model(configs, tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m",
+                           "launch.cli", "train", str(configs / "staged.yaml"), f"train.out_dir={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = read_manifest(find_latest(out / "checkpoints"))
+    assert final["step"] == 8 and final["world_size"] == 2 and final["config"]["model"]["n_layer"] == 3
+    parent = out / "stages/1/checkpoints/step-00000004"
+    assert final["lineage"]["parent_checkpoint"] == str(parent.resolve())
+    assert sorted(losses(out)) == list(range(1, 9))
