@@ -128,27 +128,49 @@ def grow_stage(stage_config: str, parent: str, root: str, freeze_old_steps: str,
 def run_stages(cfg, env, layout, config_name: str):
     """Run the stages from where the checkpoints say the run stands; returns the last Trainer and
     its result (a stop request, or train.stop_after, ends the job inside a stage)."""
-    from training.trainer import Trainer
+    from training.preemption import PreemptionHandler
 
     stages, index = current_stage(cfg)
-    out_dir, job_start = Path(cfg.train.out_dir), None
-    while True:
-        stage = stages[index]
-        if index > 0:
-            grow_into(cfg, stages, index, env)
-        trainer = Trainer(stage_run_config(cfg, stage), env, config_name=config_name, layout=layout,
-                          checkpoint_root=stage_checkpoints(out_dir, stage, len(stages)),
-                          tags={"stage": str(stage.number), "stage.model": stage.model_source})
-        if env.is_rank0:  # the Trainer wrote its stage's config; OUT keeps the whole run's
-            (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        job_start = trainer.step if job_start is None else job_start
-        until = stage.end_step
-        if cfg.train.stop_after > 0:
-            until = min(until, job_start + cfg.train.stop_after)
-        result = trainer.run(until_step=until)
-        if trainer.stop_request is not None or result["step"] < stage.end_step or index + 1 == len(stages):
-            return trainer, result
-        index += 1
+    job_start = None
+    # between stages (the growth may take minutes) SIGUSR1/SIGTERM are recorded here, not fatal;
+    # each stage's Trainer installs its own on top, takes these over, and restores this one
+    between = PreemptionHandler(env.all_reduce_sum).install()
+    try:
+        while True:
+            stage = stages[index]
+            if index > 0:
+                grow_into(cfg, stages, index, env)
+            trainer, result = _run_stage(cfg, env, layout, config_name, stages, stage, job_start, between)
+            job_start = result["job_start"] if job_start is None else job_start
+            between.take_over(trainer.preemption)
+            if trainer.stop_request is not None or result["step"] < stage.end_step \
+                    or index + 1 == len(stages):
+                return trainer, result
+            if (request := between.poll()) is not None:  # came in on the stage's last step
+                trainer.stop_request = request           # the requeued job grows the model
+                return trainer, result
+            index += 1
+    finally:
+        between.close()
+
+
+def _run_stage(cfg, env, layout, config_name: str, stages: list[Stage], stage: Stage,
+               job_start: int | None, between):
+    from training.trainer import Trainer
+
+    out_dir = Path(cfg.train.out_dir)
+    trainer = Trainer(stage_run_config(cfg, stage), env, config_name=config_name, layout=layout,
+                      checkpoint_root=stage_checkpoints(out_dir, stage, len(stages)),
+                      tags={"stage": str(stage.number), "stage.model": stage.model_source})
+    trainer.preemption.take_over(between)  # a signal during the growth stops after the first step
+    between.forget()
+    if env.is_rank0:  # the Trainer wrote its stage's config; OUT keeps the whole run's
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    job_start = trainer.step if job_start is None else job_start
+    until = stage.end_step
+    if cfg.train.stop_after > 0:
+        until = min(until, job_start + cfg.train.stop_after)
+    return trainer, {**trainer.run(until_step=until), "job_start": job_start}
 
 
 def describe_stages(cfg) -> str:

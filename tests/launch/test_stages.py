@@ -155,6 +155,12 @@ if where == "save":
             die()
         save_extras(directory, extras, env)
     state.save_rank_extras = save_rank_extras
+elif where == "usr1":      # SIGUSR1 (SLURM's preemption warning) while the model grows
+    write = expand.write_grown_checkpoint
+    def signal_then_write(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return write(*args, **kwargs)
+    expand.write_grown_checkpoint = signal_then_write
 elif where == "grown":
     write = expand.write_grown_checkpoint
     def write_then_die(*args, **kwargs):
@@ -165,10 +171,14 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def killed(config, out, chaos):
-    proc = subprocess.run([sys.executable, "-c", DRIVER, "train", str(config), f"train.out_dir={out}",
+def run_driver(config, out, chaos):
+    return subprocess.run([sys.executable, "-c", DRIVER, "train", str(config), f"train.out_dir={out}",
                            "train.resume=auto"], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "CHAOS": chaos})
+
+
+def killed(config, out, chaos):
+    proc = run_driver(config, out, chaos)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
@@ -237,3 +247,18 @@ def test_two_ranks_grow_in_a_child_process_and_finish_with_the_grown_model(confi
     parent = out / "stages/1/checkpoints/step-00000004"
     assert final["lineage"]["parent_checkpoint"] == str(parent.resolve())
     assert sorted(losses(out)) == list(range(1, 9))
+
+
+def test_sigusr1_during_the_growth_checkpoints_after_one_step_and_the_rerun_ends_bitwise(
+        configs, reference, tmp_path):
+    from training.preemption import PREEMPTED_EXIT_CODE
+
+    staged, out = configs / "staged.yaml", tmp_path / "preempted"
+    proc = run_driver(staged, out, "usr1")       # not fatal: recorded, acted on at the next step
+    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stderr[-2000:]
+    assert "step 5: SIGUSR1 received" in proc.stdout + proc.stderr
+    assert find_latest(out / "checkpoints").name == "step-00000005"
+    train(staged, out, "train.resume=auto")
+    assert losses(out) == losses(reference)
+    assert_same_final_weights(reference, out)
+
