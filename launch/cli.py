@@ -20,7 +20,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from data_pipeline.stats import DataError
     from data_pipeline.tokenizer import TokenizerError
     from evals.runs import RunsError
-    from model.expand import ExpansionError
+    from model.expansion_rules import ExpansionError
     from training.checkpointing import CheckpointError
     from training.safe_dcp import UnsafeCheckpointError
 

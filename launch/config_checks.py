@@ -20,6 +20,8 @@ def check_run_config(cfg: DictConfig, origins: dict[str, str]) -> list[str]:
     """Every problem of a composed config; `origins` maps dotted keys to where they were set."""
     problems = check_numbers(cfg, origins)
     for name in cfg:
+        if OmegaConf.is_list(cfg[name]):
+            continue  # `stages`: launch/stage_config.py checks it, with the models its stages name
         problems += [f"{message} {_where(origins, *keys)}" for message, keys in section_problems(cfg, name)]
     problems += [f"{message} {_where(origins, *keys)}" for message, keys in cross_section_problems(cfg)]
     return problems

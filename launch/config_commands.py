@@ -35,6 +35,10 @@ def show_config(args: argparse.Namespace) -> int:
     """
     cfg, origins = load_run_config_with_origins(args.config, args.overrides)
     print(annotate_origins(to_yaml(cfg), origins, ANNOTATED_SECTION), end="")
+    if cfg.stages:
+        from launch.stages import describe_stages
+
+        print(describe_stages(cfg), end="")
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from launch.run_config import ConfigError, load_run_config
-from model.expand import ExpansionError
+from model.expansion_rules import ExpansionError
 from model.presets import PRESETS, model_preset
 from training.expand import Parent, grow_checkpoint, load_parent, refuse_existing_run
 

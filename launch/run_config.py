@@ -6,6 +6,7 @@ preset -> `key=value` overrides in command-line order. Every problem is a `Confi
 the dotted key, where the value came from, and the nearest valid key or choice.
 """
 
+import dataclasses
 import difflib
 import re
 import typing
@@ -32,7 +33,10 @@ from launch.preset_files import (
     preset_chain,
     read_preset,
 )
+from launch.stage_config import StageConfig, resolve_stages, stage_problems
 from model.config import ModelConfig
+from model.expansion_rules import ExpansionError, check_expansion
+from model.presets import PRESETS, model_preset
 from ops.config import OpsConfig
 from training.config import (
     CheckpointConfig,
@@ -44,7 +48,7 @@ from training.config import (
 
 __all__ = [
     "ConfigError", "RunConfig", "load_run_config", "load_run_config_with_origins", "to_yaml", "to_plain_dict",
-    "find_preset", "available_presets",
+    "find_preset", "available_presets", "stage_model", "stages_of",
 ]
 
 
@@ -60,6 +64,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    stages: list[StageConfig] = field(default_factory=list)   # a progressive run (stage_config.py)
 
 
 _UNSET_ENV = re.compile(r"Environment variable '([^']+)' not found")
@@ -128,9 +133,40 @@ def load_run_config_with_origins(path_or_name: str | Path, overrides: Sequence[s
                               f"{key}=... on the command line") from None
         raise ConfigError(f"cannot resolve '{key}' {_from(origins, key)}: {reason}") from None
     problems = check_run_config(cfg, origins)
+    problems += [f"{message} {_from(origins, 'stages')}" for message, _ in stage_problems(
+        cfg.stages, to_plain_dict(cfg.model), cfg.train.steps, cfg.parallel.backend, stage_model,
+        _growth_problem)]
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg, origins
+
+
+def stage_model(name: str) -> dict:
+    """The model section a stage's `model` names: a model preset's fields, or a run config's
+    model section (a preset name such as demo, or a YAML path).
+
+    Example: stage_model("metastate-450m")["n_layer"] == 24
+    """
+    if name in PRESETS:
+        return dataclasses.asdict(model_preset(name))
+    try:
+        return to_plain_dict(load_run_config(name).model)
+    except ConfigError as err:
+        raise ConfigError(f"{name!r} is neither a model preset ({', '.join(sorted(PRESETS))}) nor a "
+                          f"loadable run config ({err})") from None
+
+
+def stages_of(cfg: DictConfig) -> list:
+    """The run's stages resolved (launch/stage_config.Stage); [] for a run without stages."""
+    return resolve_stages(cfg.stages, to_plain_dict(cfg.model), cfg.train.steps, stage_model)
+
+
+def _growth_problem(parent: dict, target: dict) -> str | None:
+    try:
+        check_expansion(parent, target)
+    except ExpansionError as err:
+        return str(err)
+    return None
 
 
 def _apply_model_preset(cfg: DictConfig, tree: dict, source: str,
@@ -222,8 +258,52 @@ def _walk(tree: dict, schema: type, prefix: str, unknown: list[str], problems: l
                                 f"e.g. {key}.{first}=...")
         elif isinstance(value, dict):
             problems.append(f"{key} must be {_type_phrase(annotation)}, got a mapping in {source}")
+        elif _section_list_item(annotation) is not None:
+            entries = _section_list(key, value, _section_list_item(annotation), unknown, problems, source)
+            if entries is not None:
+                leaves.append((key, entries, annotation))
         else:
             leaves.append((key, value, annotation))
+
+
+def _section_list_item(annotation: Any) -> type | None:
+    """The section type of a list-of-sections field (`stages: list[StageConfig]`), else None."""
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        if is_dataclass(item):
+            return item
+    return None
+
+
+def _section_list(key: str, value: Any, item: type, unknown: list, problems: list[str],
+                  source: str) -> list[DictConfig] | None:
+    """A list of sections (`stages`) is given whole: each entry a mapping of the section's keys.
+    Unknown keys are collected as `stages[1].modle`, wrong types appended to `problems`; returns
+    the typed entries, or None when the list cannot be set."""
+    if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+        first = fields(item)[0].name
+        problems.append(f"{key} must be a list of mappings such as [{{{first}: ...}}], got "
+                        f"{_show(value)} in {source}")
+        return None
+    hints, entries, valid = _section_fields(item), [], True
+    for index, entry in enumerate(value):
+        for name in [name for name in entry if name not in hints]:
+            match = difflib.get_close_matches(name, list(hints), n=1, cutoff=0.6)
+            hint = f"did you mean '{match[0]}'?" if match else f"valid keys: {', '.join(hints)}"
+            unknown.append((f"{key}[{index}].{name}", hint))
+            valid = False
+        typed = OmegaConf.structured(item)
+        for name, v in entry.items():
+            if name not in hints:
+                continue
+            try:
+                typed[name] = _as_declared(v, hints[name])
+            except OmegaConfBaseException:
+                problems.append(f"{key}[{index}].{name} must be {_type_phrase(hints[name])}, got "
+                                f"{_show(v)} in {source}")
+                valid = False
+        entries.append(typed)
+    return entries if valid else None
 
 
 def _leaf_keys(value: Any, key: str) -> list[str]:
@@ -238,11 +318,13 @@ def _suggest_key(key: str) -> str | None:
     the section itself is unknown) any key."""
     all_keys = _settable_keys()
     parent, _, name = key.rpartition(".")
+    by_name = {k.rpartition(".")[2]: k for k in all_keys if "." in k}
+    if not parent and name in by_name:  # `steps=5` means train.steps, not the section `stages`
+        return by_name[name]
     siblings = [k.rpartition(".")[2] for k in all_keys if k.rpartition(".")[0] == parent]
     match = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
     if match:
         return f"{parent}.{match[0]}" if parent else match[0]
-    by_name = {k.rpartition(".")[2]: k for k in all_keys if "." in k}
     match = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.8)
     if match:
         return by_name[match[0]]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from data_pipeline.stats import DataError
 from launch.preset_files import ConfigError
+from launch.stages import config_to_check
 from training.checkpointing import CheckpointError
 from training.layout import plan_layout
 from training.preflight import preflight
@@ -43,7 +44,7 @@ def check_before_start(cfg, world: int, where: str) -> None:
     except ValueError as err:
         raise ConfigError(f"{err} (the job has {where})") from None
     try:
-        preflight(cfg, layout)
+        preflight(config_to_check(cfg), layout)  # a staged run: the stage that runs now
     except (ValueError, DataError, CheckpointError) as err:
         raise ConfigError(str(err)) from None
     _check_writable(Path(cfg.train.out_dir))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from data_pipeline.stats import DataError
 from launch.run_config import load_run_config
+from launch.stages import config_to_check
 from training.checkpointing import CheckpointError
 from training.layout import plan_layout
 from training.preflight import preflight
@@ -62,7 +63,7 @@ def train_command(args: argparse.Namespace) -> int:
     try:
         # this process's layout: planned once here, its mesh built once the process group exists
         layout = plan_layout(cfg.parallel, world_size, int(os.environ.get("RANK", "0")))
-        preflight(cfg, layout)
+        preflight(config_to_check(cfg), layout)  # a staged run: the stage that runs now
         RunLock(Path(cfg.train.out_dir)).check()  # rank 0 takes the lock in Trainer
     except (ValueError, DataError, CheckpointError) as err:
         print(f"train: {err}", file=sys.stderr)
@@ -76,9 +77,14 @@ def train_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if env.is_rank0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
-        trainer = Trainer(cfg, env, config_name=Path(args.config).stem,
-                          layout=layout.with_mesh(env.device.type))
-        result = trainer.run()
+        if cfg.stages:
+            from launch.stages import run_stages
+
+            trainer, result = run_stages(cfg, env, layout.with_mesh(env.device.type), Path(args.config).stem)
+        else:
+            trainer = Trainer(cfg, env, config_name=Path(args.config).stem,
+                              layout=layout.with_mesh(env.device.type))
+            result = trainer.run()
         request = trainer.stop_request
         if request is not None and env.is_rank0:
             # before the barrier: once a peer exits, srun may kill this node's processes; every
@@ -101,7 +107,7 @@ def train_command(args: argparse.Namespace) -> int:
             from training.validation import final_validation_line
 
             print(final_validation_line(result["val_loss"], result["step"], cfg, layout.dp_size))
-        print(f"checkpoints: {Path(cfg.train.out_dir) / 'checkpoints'}")
+        print(f"checkpoints: {trainer.checkpoint_root}")
         print(f"metrics: {trainer.how_to_view()}")
     return 0
 

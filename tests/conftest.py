@@ -19,6 +19,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def sigkill_after_step(args: list[str], step: int, cwd: Path) -> None:
+    """Run `metastate ARGS` and SIGKILL it as soon as it reports `step` (a kill between steps, or
+    while it saves); asserts that the kill, not an error, ended it."""
+    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", *args], cwd=cwd,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith(f"step {step}/"):
+            proc.kill()
+            break
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

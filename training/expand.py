@@ -165,6 +165,22 @@ def grow_checkpoint(parent: Parent, cfg, output: str | Path, freeze_old: bool = 
     """
     output = Path(output)
     refuse_existing_run(output)
+    check_expansion(parent.model_cfg, coerce_model_config(cfg.model))  # before anything is written
+    output.mkdir(parents=True, exist_ok=True)
+    path = write_grown_checkpoint(parent, cfg, output / "checkpoints", freeze_old=freeze_old, seed=seed)
+    (output / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return path
+
+
+def write_grown_checkpoint(parent: Parent, cfg, checkpoints: Path, freeze_old: bool = False,
+                           seed: int = 0, freeze_old_steps: int = 0) -> Path:
+    """Grow `parent` into the model of `cfg` and save it as checkpoints/step-N (N = the parent's
+    step), atomically like every checkpoint: a save killed half-way leaves only a partial
+    directory, which resume ignores and the next save replaces. `freeze_old_steps` > 0 limits
+    --freeze-old to that many steps after N (a staged run's stage); 0 freezes for the whole run.
+
+    Example: write_grown_checkpoint(load_parent("runs/x/stages/1"), cfg, Path("runs/x/checkpoints"))
+    """
     check_expansion(parent.model_cfg, coerce_model_config(cfg.model))
     if freeze_old and cfg.parallel.backend != "none":
         raise ExpansionError(f"--freeze-old needs parallel.backend=none (single process or DDP), the "
@@ -183,14 +199,18 @@ def grow_checkpoint(parent: Parent, cfg, output: str | Path, freeze_old: bool = 
                "parent_step": parent.step, "parent_mlflow_run_id": parent.mlflow_run_id,
                "config_diff": config_diff(parent, target), "freeze_old": freeze_old, "seed": seed,
                "optimizer_moments": moments, "old_shapes": {k: list(v) for k, v in old_shapes.items()}}
+    if freeze_old and freeze_old_steps > 0:
+        lineage["freeze_old_steps"] = freeze_old_steps
     manifest = {"config": target, "tokens_seen": extras["tokens_seen"], "mlflow_run_id": None,
                 "world_size": 1, "format": "dcp", "val_loss": None, "lineage": lineage}
-    output.mkdir(parents=True, exist_ok=True)
-    manager = CheckpointManager(output / "checkpoints", keep_last=0)
-    path = manager.save(parent.step, lambda d: save_train_state(
-        d, model, optimizer, {**extras, "scheduler": scheduler.state_dict()}, SINGLE_CPU), manifest)
-    (output / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    return path
+    manager = CheckpointManager(Path(checkpoints), keep_last=0)
+    with torch.random.fork_rng(devices=[]):
+        # the continued run draws from the parent's RNG, not from whichever process grew it: a
+        # staged run's in-process growth and a later `metastate expand` write the same checkpoint
+        if parent.extras is not None and "rng" in parent.extras:
+            torch.set_rng_state(parent.extras["rng"]["torch"])
+        return manager.save(parent.step, lambda d: save_train_state(
+            d, model, optimizer, {**extras, "scheduler": scheduler.state_dict()}, SINGLE_CPU), manifest)
 
 
 def _continued_extras(parent: Parent, cfg) -> dict:

@@ -67,6 +67,16 @@ class PreemptionHandler:
             signal.signal(sig, previous)
         self._previous.clear()
 
+    def take_over(self, other: "PreemptionHandler") -> None:
+        """Keep the signals `other` recorded and nobody polled (a staged run's stage that ended
+        on the step the signal came in: launch/stages.py polls it before the next stage)."""
+        for sig, seen in other._seen.items():
+            self._seen[sig] = self._seen[sig] or seen
+
+    def forget(self) -> None:
+        """Drop the recorded signals (another handler took them over)."""
+        self._seen = dict.fromkeys(self._seen, False)
+
     def _on_signal(self, signum: int, frame) -> None:
         self._seen[signal.Signals(signum)] = True  # only a flag: the loop acts at the step boundary
 

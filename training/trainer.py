@@ -100,8 +100,12 @@ class Trainer:
         >>> Trainer(load_run_config("demo", ["train.steps=50"]), init_distributed()).run()
     """
 
-    def __init__(self, cfg, env: DistEnv, config_name: str = "", layout: ParallelLayout | None = None):
+    def __init__(self, cfg, env: DistEnv, config_name: str = "", layout: ParallelLayout | None = None,
+                 checkpoint_root: Path | None = None, tags: dict[str, str] | None = None):
         self.cfg, self.env, self.config_name = cfg, env, config_name
+        # a staged run keeps each stage's checkpoints apart (launch/stages.py) and tags its runs
+        self.checkpoint_root = Path(checkpoint_root or Path(cfg.train.out_dir) / "checkpoints")
+        self.extra_tags = dict(tags or {})
         # this process's layout, mesh built: `metastate train` passes the one preflight planned
         self.layout = layout or plan_layout(cfg.parallel, env.world_size, env.rank).with_mesh(env.device.type)
         # first, so that SIGUSR1 during model build or resume is a request, not the default kill
@@ -134,7 +138,7 @@ class Trainer:
                                              (self.dp_rank, self.dp_size))
                            if tc.eval_every > 0 else None)
         self.guard = NonFiniteGuard(tc.max_bad_steps)
-        self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", cfg.checkpoint.keep_last,
+        self.checkpoints = CheckpointManager(self.checkpoint_root, cfg.checkpoint.keep_last,
                                              env.is_rank0, env.barrier, env.any_rank)
         self.tracker = MlflowTracker(cfg.tracking, self.out_dir, enabled=env.is_rank0)
         self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=env.is_rank0)
@@ -145,9 +149,10 @@ class Trainer:
         self.last_val_loss: float | None = None
         self.lineage: dict | None = None      # set when this run descends from `metastate expand`
         self.freeze: FreezeOld | None = None  # set when that expansion asked for --freeze-old
+        self.freeze_until: int | None = None  # the last frozen step, when only some steps are
         self.settings_changed = False         # resumed with other optimiser/schedule settings
         self.logged_until = 0                 # MLflow already holds the steps up to this one
-        self._resume(resolve_resume(tc.resume, self.out_dir / "checkpoints"))
+        self._resume(resolve_resume(tc.resume, self.checkpoint_root))
 
     # ------------------------------------------------------------------ resume / save
 
@@ -176,7 +181,7 @@ class Trainer:
             (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
         tags = {"family": self.cfg.model.family, "world_size": self.env.world_size,
                 "parallel": self.cfg.parallel.backend, "git_commit": git_commit(),
-                "preset": self.config_name or "custom", **lineage_tags(self.lineage)}
+                "preset": self.config_name or "custom", **lineage_tags(self.lineage), **self.extra_tags}
         self.tracker.start(params=flatten(config), tags=tags, run_id=run_id)
         self.tracker.log_artifact(self.out_dir / "config.yaml")
 
@@ -205,6 +210,8 @@ class Trainer:
                 raise CheckpointError(f"this checkpoint was expanded with --freeze-old, which trains "
                                       f"with parallel.backend=none only (got {self.cfg.parallel.backend})")
             self.freeze = FreezeOld(self.model, lineage["old_shapes"])
+            if lineage.get("freeze_old_steps"):
+                self.freeze_until = int(lineage["parent_step"]) + int(lineage["freeze_old_steps"])
 
     def save_checkpoint(self) -> Path:
         data_state = self.stream.state_dict()  # a collective for raw jsonl streams: every rank calls it
@@ -245,15 +252,18 @@ class Trainer:
             loss_sum += loss.detach()
         loss_value = self.env.all_reduce_sum(loss_sum / self.accum).item() / self.env.world_size
         lr = self.engine.lr
-        if self.freeze is not None:
-            self.freeze.mask_grads()
+        freeze = self.freeze if self.freeze_until is None or self.step < self.freeze_until else None
+        if freeze is not None:
+            freeze.mask_grads()
         grad_norm = self.engine.step(loss_value, self.guard, self.step + 1)
-        if self.freeze is not None:
-            self.freeze.restore()
+        if freeze is not None:
+            freeze.restore()
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 "skipped_steps": float(self.guard.skipped_total)}
 
-    def run(self) -> dict[str, float]:
+    def run(self, until_step: int | None = None) -> dict[str, float]:
+        """Train to train.steps (or `until_step`, a staged run's stage end), with a checkpoint at
+        the last step; returns the last step's metrics, step and val_loss."""
         tc, ckpt = self.cfg.train, self.cfg.checkpoint
         progress = ProgressReporter(tc.steps, self.step, tc.log_every, self.env.is_rank0)
         batches = iter(self.stream)
@@ -261,6 +271,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         status = "FAILED"
         last_step = tc.steps if tc.stop_after <= 0 else min(tc.steps, self.step + tc.stop_after)
+        last_step = last_step if until_step is None else min(last_step, until_step)
         postponed = False
         try:
             while self.step < last_step:

@@ -92,4 +92,27 @@ def test_docs_recipes_table_matches_model_info_and_the_configs(monkeypatch):
     submit_lines = re.findall(r"^metastate submit configs/pile/(\S+)\.yaml --nodes 4 "
                               r"--gpus-per-node 8 --time 24:00:00 --dry-run$",
                               (REPO / "docs/recipes.md").read_text(), re.M)
-    assert sorted(submit_lines) == sorted(RECIPES)
+    assert sorted(submit_lines) == sorted([*RECIPES, "progressive-150m-450m"])
+
+
+def test_progressive_recipe_shows_both_stages_and_submits_with_the_450m_budget(pile_dir, capsys,
+                                                                               monkeypatch):
+    monkeypatch.setenv("METASTATE_PILE", str(pile_dir))
+    monkeypatch.chdir(REPO)
+    assert main(["config", "show", recipe("progressive-150m-450m")]) == 0
+    out = capsys.readouterr().out
+    assert "# stage 1: steps 0 -> 9537, model of the run (model.*)" in out
+    assert "# stage 2: steps 9537 -> 28610, model metastate-450m (grown from stage 1)" in out
+    shown, baseline = yaml.safe_load(out), yaml.safe_load(
+        (REPO / "configs/pile/metastate-450m.yaml").read_text())
+    assert shown["model"] == dataclasses.asdict(model_preset("metastate-150m"))
+    assert shown["stages"][1]["model"] == baseline["model"]["preset"] == "metastate-450m"
+
+    code = main(["submit", recipe("progressive-150m-450m"), *SUBMIT,
+                 f"data.train_path={pile_dir / 'megatron'}"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    resolved = yaml.safe_load(captured.out.split("# ---- resolved config ----\n")[1])
+    assert resolved["train"]["steps"] == 28610   # the from-scratch 450m recipe's token budget
+    assert resolved["data"]["seq_len"] * resolved["train"]["global_batch_size"] == 524_288
+    assert "checks passed for 32 ranks" in captured.err

@@ -14,7 +14,7 @@ from launch.run_config import (
 )
 
 SECTIONS = ["model", "ops", "data", "optim", "train", "parallel", "checkpoint", "tracking",
-            "launch", "eval"]
+            "launch", "eval", "stages"]
 
 
 def write(path, text):
@@ -217,7 +217,8 @@ BROKEN_SECTIONS = {"model": {"head_size": 0}, "ops": {"backend": "x"}, "data": {
 
 def test_every_section_validates_itself_and_names_only_its_own_keys():
     schema = OmegaConf.structured(RunConfig)
-    assert sorted(BROKEN_SECTIONS) == sorted(SECTIONS)
+    # `stages` is a list of sections, checked as a whole (tests/launch/test_stages.py)
+    assert sorted(BROKEN_SECTIONS) == sorted(set(SECTIONS) - {"stages"})
     for name, values in BROKEN_SECTIONS.items():
         assert OmegaConf.to_object(schema[name]).problems() == [], name  # the defaults are valid
         problems = OmegaConf.to_object(OmegaConf.merge(schema[name], values)).problems()

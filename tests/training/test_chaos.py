@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from tests.conftest import sigkill_after_step
 from training.checkpointing import find_latest
 from training.export import load_checkpoint_weights
 from training.monitors import MetricsLog
@@ -61,15 +62,7 @@ def killed_inside_a_save(out, where, step):
 
 def killed_after_step(out, step):
     """SIGKILL as soon as the run reports `step` (a kill between steps, or while it saves)."""
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", *train_args(out)], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith(f"step {step}/"):
-            proc.kill()
-            break
-    proc.stdout.close()
-    assert proc.wait(timeout=300) == -signal.SIGKILL
+    sigkill_after_step(train_args(out), step, REPO)
 
 
 def test_random_kills_and_a_damaged_checkpoint_end_bitwise_equal_to_an_uninterrupted_run(tmp_path):
