@@ -1,6 +1,7 @@
 """`metastate config ...`: inspect run configs without starting anything."""
 
 import argparse
+import sys
 
 from launch.run_config import available_presets, find_preset, load_run_config_with_origins, to_yaml
 
@@ -33,12 +34,17 @@ def show_config(args: argparse.Namespace) -> int:
 
     Example: `metastate config show demo model.preset=metastate-150m model.n_layer=12`.
     """
-    cfg, origins = load_run_config_with_origins(args.config, args.overrides)
+    missing_env: list[str] = []
+    cfg, origins = load_run_config_with_origins(args.config, args.overrides, missing_env)
     print(annotate_origins(to_yaml(cfg), origins, ANNOTATED_SECTION), end="")
     if cfg.stages:
         from launch.stages import describe_stages
 
         print(describe_stages(cfg), end="")
+    for name in missing_env:  # shown, not fatal: train and submit still refuse it
+        print(f"note: the environment variable {name} is not set, so the values above show "
+              f"${name}; export {name}=... (or override the keys naming it) before train or submit",
+              file=sys.stderr)
     return 0
 
 

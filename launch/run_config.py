@@ -8,6 +8,7 @@ the dotted key, where the value came from, and the nearest valid key or choice.
 
 import dataclasses
 import difflib
+import os
 import re
 import typing
 from collections.abc import Sequence
@@ -88,11 +89,15 @@ def load_run_config(path_or_name: str | Path, overrides: Sequence[str] = ()) -> 
     return load_run_config_with_origins(path_or_name, overrides)[0]
 
 
-def load_run_config_with_origins(path_or_name: str | Path, overrides: Sequence[str] = ()
+def load_run_config_with_origins(path_or_name: str | Path, overrides: Sequence[str] = (),
+                                 missing_env: list[str] | None = None
                                  ) -> tuple[DictConfig, dict[str, str]]:
     """`load_run_config`, plus where each set key came from: {"train.steps": "configs/demo.yaml"}.
 
-    Keys left at their schema default are absent. Example:
+    Keys left at their schema default are absent. With a `missing_env` list, an unset
+    environment variable a value names (`${oc.env:METASTATE_PILE}`) is not an error: it stays
+    in the value as `$NAME` and its name is appended to the list (for `metastate config show`,
+    which starts nothing). Example:
         >>> cfg, origins = load_run_config_with_origins("demo", ["model.preset=rwkv7-tiny"])
         >>> origins["model.n_layer"]
         "model.preset=rwkv7-tiny in command-line override 'model.preset=rwkv7-tiny'"
@@ -121,17 +126,7 @@ def load_run_config_with_origins(path_or_name: str | Path, overrides: Sequence[s
                                 origins.get("model.family", "the schema defaults"))
     if problems:
         raise ConfigError("; ".join(problems))
-    try:
-        OmegaConf.resolve(cfg)
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", "") or "?"
-        reason = str(error).splitlines()[0]
-        unset = _UNSET_ENV.search(reason)
-        if unset:  # `${oc.env:VAR}`: say what to do, not which KeyError omegaconf caught
-            raise ConfigError(f"{key} {_from(origins, key)} needs the environment variable "
-                              f"{unset[1]}, which is not set; export {unset[1]}=... or pass "
-                              f"{key}=... on the command line") from None
-        raise ConfigError(f"cannot resolve '{key}' {_from(origins, key)}: {reason}") from None
+    _resolve(cfg, origins, missing_env)
     problems = check_run_config(cfg, origins)
     problems += [f"{message} {_from(origins, 'stages')}" for message, _ in stage_problems(
         cfg.stages, to_plain_dict(cfg.model), cfg.train.steps, cfg.parallel.backend, stage_model,
@@ -139,6 +134,31 @@ def load_run_config_with_origins(path_or_name: str | Path, overrides: Sequence[s
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg, origins
+
+
+def _resolve(cfg: DictConfig, origins: dict[str, str], missing_env: list[str] | None) -> None:
+    placeholders: dict[str, str] = {}
+    try:
+        while True:
+            try:
+                OmegaConf.resolve(cfg)
+                return
+            except OmegaConfBaseException as error:
+                key = getattr(error, "full_key", "") or "?"
+                reason = str(error).splitlines()[0]
+                unset = _UNSET_ENV.search(reason)
+                if unset and missing_env is not None and unset[1] not in placeholders:
+                    placeholders[unset[1]] = os.environ[unset[1]] = f"${unset[1]}"
+                    missing_env.append(unset[1])
+                elif unset:  # `${oc.env:VAR}`: say what to do, not which KeyError omegaconf caught
+                    raise ConfigError(f"{key} {_from(origins, key)} needs the environment variable "
+                                      f"{unset[1]}, which is not set; export {unset[1]}=... or pass "
+                                      f"{key}=... on the command line") from None
+                else:
+                    raise ConfigError(f"cannot resolve '{key}' {_from(origins, key)}: {reason}") from None
+    finally:
+        for name in placeholders:
+            del os.environ[name]
 
 
 def stage_model(name: str) -> dict:

@@ -2,6 +2,7 @@
 `config show`, needs its data location set once, and docs/recipes.md's numbers are its own."""
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -53,12 +54,26 @@ def test_config_show_resolves_the_recipe_from_the_environment_variable(name, pil
     assert f"  n_layer: {shown['model']['n_layer']}  # model.preset={name} in " in out
 
 
-def test_a_recipe_without_the_pile_location_fails_in_one_line_naming_both_fixes(capsys, monkeypatch):
+def test_a_recipe_without_the_pile_location_fails_in_one_line_naming_both_fixes(capsys, monkeypatch,
+                                                                                 tmp_path):
     monkeypatch.delenv("METASTATE_PILE", raising=False)
-    assert main(["config", "show", recipe("rwkv7-150m")]) == 2
-    (line,) = capsys.readouterr().err.splitlines()
-    assert "needs the environment variable METASTATE_PILE" in line
-    assert "pass data.train_path=... on the command line" in line
+    for command in (["train"], ["submit", "--dry-run", "--nodes", "1"]):
+        assert main([*command, recipe("rwkv7-150m"), f"train.out_dir={tmp_path / 'run'}"]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert "needs the environment variable METASTATE_PILE" in line
+        assert "pass data.train_path=... on the command line" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_show_without_the_pile_location_shows_the_run_and_says_what_is_unset(capsys, monkeypatch):
+    monkeypatch.delenv("METASTATE_PILE", raising=False)
+    assert main(["config", "show", recipe("progressive-150m-450m")]) == 0
+    captured = capsys.readouterr()
+    assert "# stage 2: steps 9537 -> 28610, model metastate-450m (grown from stage 1)" in captured.out
+    assert yaml.safe_load(captured.out)["data"]["train_path"] == "$METASTATE_PILE/megatron"
+    (note,) = captured.err.splitlines()
+    assert note.startswith("note: the environment variable METASTATE_PILE is not set")
+    assert "METASTATE_PILE" not in os.environ      # the placeholder is not left behind
 
 
 def doc_rows() -> dict[str, list[str]]:
