@@ -7,8 +7,8 @@ switches from the environment and changes global torch settings at import):
 
 - `prefill tok/s`: one parallel pass over a `--prompt` token prompt (ours: `model(prompt)`;
   the package: `model.forward(prompt, None)`), fastest of `--repeats`;
-- `decode tok/s`: `--decode` single-token steps carrying the state (ours: `model.step`, the
-  generation loop's call), fastest of `--repeats` timed loops after 3 warm-up steps;
+- `decode tok/s`: `--decode` single-token steps carrying the state (ours: `model.step` after
+  `model.prepare_for_decode()`, as the generation loop calls them), fastest of `--repeats` timed loops after 3 warm-up steps;
 - `weight reads` (a floor, not a runtime): one matrix-vector product per weight matrix of the
   rwkv7 model (head included) and nothing else, i.e. what any fp32 runtime that reads each
   weight once per token must spend; decode at B = 1 is bound by it.
@@ -65,6 +65,8 @@ def time_ours(family: str, args, path: str) -> dict:
         model = build_model(model_preset(f"{family}-150m", n_layer=args.layers,
                                          d_model=args.d_model), ops_cfg)
     model.eval()
+    if not args.row_major:
+        model.prepare_for_decode()   # as generation does (model/generate.py)
     prompt = torch.tensor([prompt_tokens(args.prompt)])
     token = prompt[:, -1]
     with torch.no_grad():
@@ -146,6 +148,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--row-major", action="store_true",
+                        help="time ours without prepare_for_decode's weight layout")
     parser.add_argument("--one", nargs=2, metavar=("RUNTIME", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -161,7 +165,8 @@ def main() -> None:
             result = time_ours(runtime.split()[1], args, path)
         print(json.dumps(result))
         return
-    forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "one"]
+    forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                 if k not in ("one", "row_major")] + (["--row-major"] if args.row_major else [])
     best: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as directory:
         path = export_weights(args, directory)

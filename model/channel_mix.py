@@ -1,6 +1,7 @@
 """RWKV-7 ChannelMix (the rwkv7 family's FFN): token shift, ReLU^2, RWKV-LM's init."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig, ffn_width
@@ -30,7 +31,8 @@ class ChannelMix(nn.Module):
         """One token: x [B, C], shift state [B, C] or None. Returns (out [B, C], x), as `forward`
         at T = 1."""
         previous = torch.zeros_like(x) if shift_state is None else shift_state.to(x.dtype)
-        return self.value(torch.relu(self.key(torch.lerp(x, previous, self.x_k))) ** 2), x
+        hidden = torch.relu_(F.linear(torch.lerp(x, previous, self.x_k), self.key.weight))
+        return F.linear(hidden.square_(), self.value.weight), x
 
     def forward(self, x, shift_state=None):
         """x: [B, T, C] (ln2-normalised). Returns (out [B, T, C], new shift state [B, C])."""

@@ -72,3 +72,37 @@ def test_forward_does_not_read_token_values(monkeypatch):
     for name in ("item", "__int__", "__bool__", "tolist"):
         monkeypatch.setattr(torch.Tensor, name, no_host_reads)
     model(tokens)
+
+
+@pytest.mark.parametrize("name", ["rwkv7-tiny", "metastate-tiny"])
+def test_prepare_for_decode_changes_layout_only(name, tmp_path):
+    """Column-major storage for the one-row products: values, state_dict, a saved checkpoint,
+    training's loss and gradients and the step's logits stay what they were."""
+    model, prepared = tiny_model(name), tiny_model(name)
+    tokens = random_tokens(model, batch=2, length=6)
+    assert prepared.prepare_for_decode() is prepared
+    head = prepared.head.weight
+    assert head.stride() == (1, head.shape[0]) and torch.equal(head, model.head.weight)
+    wide_in = [m.weight for m in prepared.modules()
+               if isinstance(m, torch.nn.Linear) and m.in_features > m.out_features]
+    assert all(w.is_contiguous() for w in wide_in)   # out < in reads faster row-major: kept
+    before, after = model.state_dict(), prepared.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    torch.save(after, tmp_path / "model.pt")
+    reloaded = torch.load(tmp_path / "model.pt")
+    assert all(torch.equal(before[k], reloaded[k]) for k in before)
+
+    loss, _ = model(tokens[:, :-1], targets=tokens[:, 1:])
+    prepared_loss, _ = prepared(tokens[:, :-1], targets=tokens[:, 1:])
+    loss.backward()
+    prepared_loss.backward()
+    _close(prepared_loss, loss, "training loss")
+    for (key, p), q in zip(model.named_parameters(), prepared.parameters()):
+        _close(q.grad, p.grad, f"gradient of {key}")
+
+    with torch.no_grad():
+        full_logits, _ = model(tokens)
+        _, state = prepared(tokens[:, :4])
+        for t in range(4, 6):
+            logits, state = prepared.step(tokens[:, t], state)
+            _close(logits, full_logits[:, t], f"prepared step logits at t={t}")

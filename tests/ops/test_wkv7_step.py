@@ -6,6 +6,7 @@ import torch
 
 from ops import Wkv7Transition, meta_state_scan, wkv7
 from ops.rwkv7 import wkv7_reference
+from ops.rwkv7.step import rwkv7_one_token
 
 from .test_wkv7 import FP32_REL_TOL, FP64_REL_TOL, rel_err
 
@@ -55,3 +56,14 @@ def test_one_step_under_bf16_autocast_computes_in_fp32(wkv7_inputs):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, s = wkv7(r, w, k, v, a, b, s0, True, backend="chunked")
     assert y.dtype == torch.float32 and torch.equal(y, y_ref) and torch.equal(s, s_ref)
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+def test_rwkv7_one_token_equals_the_reference_in_float64(wkv7_inputs, with_state):
+    """The decode step's direct path (no transition object): a = -kk and b = kk * a_gate."""
+    r, w, k, v, minus_kk, kk_a, s0 = wkv7_inputs(2, 1, 3, 16, seed=9)
+    s0 = s0 if with_state else None
+    (y_ref,), s_ref = wkv7_reference((r,), w, k, v, minus_kk, kk_a, s0, True)
+    y, s = rwkv7_one_token(*(x[:, 0] for x in (r, w, k, v, -minus_kk, kk_a)), s0)
+    assert y.shape == r[:, 0].shape and s.shape == s_ref.shape
+    assert rel_err(y, y_ref[:, 0]) < FP64_REL_TOL and rel_err(s, s_ref) < FP64_REL_TOL
