@@ -162,17 +162,24 @@ class LanguageModel(nn.Module):
         return F.linear(features, self.head.weight), ModelState(new_layers, position + 1)
 
     @torch.no_grad()
-    def prepare_for_decode(self) -> "LanguageModel":
-        """Store each CPU `nn.Linear` weight with out_features >= in_features column-major: the
-        same values and shape, only the strides change, so `F.linear` reads it as `x @ W^T` with
-        W^T contiguous, the layout that streams fastest for a one-row input (benchmarks/RESULTS.md,
-        "Run 3": the head and the 768x768 and 3072x768 projections read 8-20% faster; 768x3072
-        reads faster row-major and is left alone). No weight is copied twice: each is re-laid
-        in turn. Idempotent; `generate` calls it. state_dict values, training and checkpoints
-        are unaffected (safetensors export makes tensors contiguous). Returns the model.
+    def prepare_for_decode(self, script: bool = False) -> "LanguageModel":
+        """Ready the model for `step` (decoding). Idempotent; `generate` calls it. Returns the model.
+
+        Layout: each CPU `nn.Linear` weight with out_features >= in_features is stored
+        column-major, the same values and shape with other strides, so `F.linear` reads it as
+        `x @ W^T` with W^T contiguous, the layout that streams fastest for a one-row input
+        (benchmarks/RESULTS.md, "Run 3"; 768x3072 reads faster row-major and is left alone).
+        Each weight is re-laid in turn, so memory never holds two copies of the model.
+        state_dict values, training and checkpoints are unaffected (safetensors export makes
+        tensors contiguous).
+
+        `script=True` (opt-in) also runs the rwkv7 family's one-token TimeMix and ChannelMix
+        as TorchScript (model/one_token.py; compiled once per process, ~1 s, used while autocast
+        is off): the same ops with less interpreter time between them. The module keeps only
+        a flag (the compilations are cached per process), so it still pickles and copies.
 
         Example:
-            >>> model.prepare_for_decode()
+            >>> model.prepare_for_decode(script=True)
             >>> logits, state = model.step(tokens, state)
         """
         for module in self.modules():
@@ -182,6 +189,8 @@ class LanguageModel(nn.Module):
                 if (type(weight.data) is torch.Tensor and weight.device.type == "cpu"
                         and out_features >= in_features and weight.stride() != (1, out_features)):
                     weight.data = weight.data.t().contiguous().t()
+            if script and hasattr(module, "scripted_step"):
+                module.scripted_step = True
         return self
 
     def generate(self, prompt_tokens, max_new_tokens: int, temperature: float = 1.0,

@@ -9,9 +9,9 @@ file avoids ops that do nothing (same-dtype casts) and folds the rank-1 terms in
 """
 
 import contextlib
-from functools import reduce
 
 import torch
+from torch import Tensor
 
 
 def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -24,17 +24,13 @@ def _autocast_off(device_type: str):
     return contextlib.nullcontext()
 
 
-def scan_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the one-token update runs in: fp32, or float64 for float64 inputs."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def one_token_state(state, decay, a, b, k, v, b_sign: float = 1.0) -> torch.Tensor:
+def one_token_state(state: Tensor | None, decay: Tensor, a: Tensor, b: Tensor, k: Tensor,
+                    v: Tensor, b_sign: float = 1.0) -> Tensor:
     """S_1 = S_0 diag(decay) + b_sign (S_0 a) b^T + v k^T per head.
 
     Vectors [B, H, N] (decay = exp(w)), S_0 [B, H, N_v, N_k] or None (zeros); all in one dtype,
     autocast off (the caller's job). `b_sign = -1` lets RWKV-7 pass a = kk, b = kk * a without
-    negating a vector. Returns S_1 [B, H, N, N].
+    negating a vector. Returns S_1 [B, H, N, N]. TorchScript compiles it (model/one_token.py).
     """
     B, H, N = k.shape
     outer_v, outer_k = v.reshape(B * H, N, 1), k.reshape(B * H, 1, N)
@@ -47,10 +43,30 @@ def one_token_state(state, decay, a, b, k, v, b_sign: float = 1.0) -> torch.Tens
     return new.baddbmm_(outer_v, outer_k).view(B, H, N, N)
 
 
-def read_state(state: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def read_state(state: Tensor, q: Tensor) -> Tensor:
     """S q per head: state [B, H, N, N], q [B, H, N] (same dtype) -> [B, H, N]."""
     B, H, N = q.shape
     return torch.bmm(state.reshape(B * H, N, N), q.reshape(B * H, N, 1)).view(B, H, N)
+
+
+def rwkv7_one_token(r: Tensor, w: Tensor, k: Tensor, v: Tensor, kk: Tensor, kk_a: Tensor,
+                    state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """RWKV-7's transition for one token (a = -kk, b = kk * a_gate, as `Wkv7Transition(w, -kk,
+    kk * a)`), read by r. Vectors [B, H, N], w the log-decay; state [B, H, N, N] or None.
+
+    Returns (y [B, H, N] in the inputs' promoted dtype, S_1 in the update's dtype, fp32 or
+    float64): what `Wkv7Transition(...).scan(...)` gives at T = 1, without the transition object
+    and its input checks (a decode step without a Meta-State layer reads nothing else from the
+    scan). Call it with autocast off; TorchScript compiles it (model/one_token.py).
+    """
+    out_dtype = torch.promote_types(torch.promote_types(r.dtype, w.dtype),
+                                    torch.promote_types(k.dtype, v.dtype))
+    out_dtype = torch.promote_types(out_dtype, torch.promote_types(kk.dtype, kk_a.dtype))
+    dtype = torch.promote_types(out_dtype, torch.float32)
+    previous = None if state is None else state.to(dtype)
+    new_state = one_token_state(previous, torch.exp(w.to(dtype)), kk.to(dtype), kk_a.to(dtype),
+                                k.to(dtype), v.to(dtype), b_sign=-1.0)
+    return read_state(new_state, r.to(dtype)).to(out_dtype), new_state
 
 
 class OneStepScan:
@@ -58,7 +74,7 @@ class OneStepScan:
 
     def __init__(self, w, a, b, k, v, initial_state):
         self.out_dtype = w.dtype
-        self.dtype = dtype = scan_dtype(w.dtype)
+        self.dtype = dtype = torch.promote_types(w.dtype, torch.float32)
         with _autocast_off(w.device.type):
             w, a, b, k, v = (_cast(x[:, 0], dtype) for x in (w, a, b, k, v))   # [B, H, N]
             previous = None if initial_state is None else _cast(initial_state, dtype)
@@ -70,20 +86,3 @@ class OneStepScan:
             y = read_state(self.final_state, _cast(q[:, 0], self.dtype))
         return _cast(y.unsqueeze(1), self.out_dtype)
 
-
-def rwkv7_one_token(r, w, k, v, kk, kk_a, state):
-    """RWKV-7's transition for one token (a = -kk, b = kk * a_gate, as `Wkv7Transition(w, -kk,
-    kk * a)`), read by r. Vectors [B, H, N], w the log-decay; state [B, H, N, N] or None.
-
-    Returns (y [B, H, N] in the inputs' promoted dtype, S_1 in the update's dtype): what `Wkv7Transition(...)
-    .scan(...)` gives at T = 1, without building the transition object and its input checks (the
-    decode step of a model without a Meta-State layer reads nothing else from the scan).
-    """
-    out_dtype = reduce(torch.promote_types, (x.dtype for x in (r, w, k, v, kk, kk_a)))
-    dtype = scan_dtype(out_dtype)
-    with _autocast_off(r.device.type):
-        r32, w, k, v, kk, kk_a = (_cast(x, dtype) for x in (r, w, k, v, kk, kk_a))
-        previous = None if state is None else _cast(state, dtype)
-        new_state = one_token_state(previous, torch.exp(w), kk, kk_a, k, v, b_sign=-1.0)
-        y = read_state(new_state, r32)
-    return _cast(y, out_dtype), new_state

@@ -1,6 +1,8 @@
 """LanguageModel.step (the one-token decode form) computes what the parallel pass computes, and
 its state continues either path; token ids are range-checked where they enter, not per forward."""
 
+import pickle
+
 import pytest
 import torch
 
@@ -106,3 +108,22 @@ def test_prepare_for_decode_changes_layout_only(name, tmp_path):
         for t in range(4, 6):
             logits, state = prepared.step(tokens[:, t], state)
             _close(logits, full_logits[:, t], f"prepared step logits at t={t}")
+
+
+def test_scripted_step_matches_the_parallel_pass():
+    """prepare_for_decode(script=True): the TorchScript one-token TimeMix and ChannelMix give
+    the parallel pass's logits and state, and the model still pickles (it holds only a flag)."""
+    model = tiny_model("rwkv7-tiny").eval().prepare_for_decode(script=True)
+    assert all(block.att.scripted_step and block.ffn.scripted_step for block in model.blocks)
+    tokens = random_tokens(model, batch=2, length=7)
+    with torch.no_grad():
+        full_logits, full_state = model(tokens)
+        _, state = model(tokens[:, :3])
+        for t in range(3, 7):
+            logits, state = model.step(tokens[:, t], state)
+            _close(logits, full_logits[:, t], f"scripted step logits at t={t}")
+    for ours, theirs in zip(state.layers, full_state.layers):
+        for key in ours:
+            _close(ours[key], theirs[key], f"scripted step state {key}")
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.blocks[0].att.scripted_step
