@@ -32,7 +32,8 @@ class ChannelMix(nn.Module):
         """One token: x [B, C], shift state [B, C] or None. Returns (out [B, C], x), as `forward`
         at T = 1."""
         previous = torch.zeros_like(x) if shift_state is None else shift_state.to(x.dtype)
-        run = scripted(channel_mix_one_token) if self.scripted_step else channel_mix_one_token
+        script = self.scripted_step and not torch.is_autocast_enabled(x.device.type)
+        run = scripted(channel_mix_one_token) if script else channel_mix_one_token
         return run(x, previous, self.x_k, self.key.weight, self.value.weight), x
 
     def forward(self, x, shift_state=None):

@@ -2,12 +2,14 @@
 
 `TimeMix.step` and `ChannelMix.step` call these; `LanguageModel.prepare_for_decode(script=True)`
 swaps in their TorchScript compilations (`scripted`), which run the same ops without the Python
-interpreter between them. At batch 1 a decode step is its weight reads plus ~70 small ops per
-layer, and each op costs ~5 us from Python against ~2 us from TorchScript on this CPU
-(benchmarks/RESULTS.md, "Run 3"). The code below is therefore written in the subset TorchScript
-compiles: typed signatures, no generator expressions, no context managers. Autocast is off here
-(the scripted form is only used with autocast off; the eager caller turns it off around the
-update). Shapes: x [B, C]; head vectors [B, H, N]; WKV state [B, H, N, N].
+interpreter between them. At batch 1 a decode step is its weight reads plus ~80 small ops per
+layer; one TimeMix step at width 128 (where the weights cost little) took 245 us eager and
+175 us scripted on the 2-core CPU of benchmarks/RESULTS.md, "Run 3". The code below is
+therefore written in the subset TorchScript compiles: typed signatures, no generator
+expressions, no context managers. `time_mix_one_token` runs the WKV update without turning
+autocast off, so `TimeMix.step` calls it only while autocast is off (under autocast it takes
+the `Wkv7Transition` path, which computes the update in fp32), and the scripted forms run only
+with autocast off. Shapes: x [B, C]; head vectors [B, H, N]; WKV state [B, H, N, N].
 """
 
 from functools import cache
