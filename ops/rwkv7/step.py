@@ -38,9 +38,9 @@ def one_token_state(state: Tensor | None, decay: Tensor, a: Tensor, b: Tensor, k
         return torch.bmm(outer_v, outer_k).view(B, H, N, N)
     previous = state.reshape(B * H, N, N)
     removed = torch.bmm(previous, a.reshape(B * H, N, 1))                 # S_0 a
-    new = torch.baddbmm(previous * decay.reshape(B * H, 1, N), removed, b.reshape(B * H, 1, N),
-                        alpha=b_sign)
-    return new.baddbmm_(outer_v, outer_k).view(B, H, N, N)
+    new = previous * decay.reshape(B * H, 1, N)        # updated in place: one [N, N] buffer per head
+    new.baddbmm_(removed, b.reshape(B * H, 1, N), alpha=b_sign).baddbmm_(outer_v, outer_k)
+    return new.view(B, H, N, N)
 
 
 def read_state(state: Tensor, q: Tensor) -> Tensor:
@@ -59,6 +59,12 @@ def rwkv7_one_token(r: Tensor, w: Tensor, k: Tensor, v: Tensor, kk: Tensor, kk_a
     and its input checks (a decode step without a Meta-State layer reads nothing else from the
     scan). Call it with autocast off; TorchScript compiles it (model/one_token.py).
     """
+    dtype = r.dtype
+    if (dtype in (torch.float32, torch.float64) and w.dtype == dtype and k.dtype == dtype
+            and v.dtype == dtype and kk.dtype == dtype and kk_a.dtype == dtype
+            and (state is None or state.dtype == dtype)):   # the usual case: no casts to call
+        new_state = one_token_state(state, torch.exp(w), kk, kk_a, k, v, b_sign=-1.0)
+        return read_state(new_state, r), new_state
     out_dtype = torch.promote_types(torch.promote_types(r.dtype, w.dtype),
                                     torch.promote_types(k.dtype, v.dtype))
     out_dtype = torch.promote_types(out_dtype, torch.promote_types(kk.dtype, kk_a.dtype))
