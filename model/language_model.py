@@ -167,15 +167,16 @@ class LanguageModel(nn.Module):
 
         Layout: each CPU `nn.Linear` weight with out_features >= in_features is stored
         column-major, the same values and shape with other strides, so `F.linear` reads it as
-        `x @ W^T` with W^T contiguous, the layout that streams fastest for a one-row input
-        (benchmarks/RESULTS.md, "Run 3"; 768x3072 reads faster row-major and is left alone).
+        `x @ W^T` with W^T contiguous, which streams faster for a one-row input (10-20% for
+        these shapes at 1 thread, ~4-5% of a decode step at 2; benchmarks/RESULTS.md, "Run 3").
+        768x3072-like shapes (out < in) read faster row-major and are left alone.
         Each weight is re-laid in turn, so memory never holds two copies of the model.
         state_dict values, training and checkpoints are unaffected (safetensors export makes
         tensors contiguous).
 
         `script=True` (opt-in) also runs the rwkv7 family's one-token TimeMix and ChannelMix
-        as TorchScript (model/one_token.py; compiled once per process, ~1 s, used while autocast
-        is off): the same ops with less interpreter time between them. The module keeps only
+        as TorchScript (model/one_token.py; compiled once per process on first use, used while
+        autocast is off): the same ops with less interpreter time between them. The module keeps only
         a flag (the compilations are cached per process), so it still pickles and copies.
 
         Example:
