@@ -7,15 +7,20 @@ switches from the environment and changes global torch settings at import):
 
 - `prefill tok/s`: one parallel pass over a `--prompt` token prompt (ours: `model(prompt)`;
   the package: `model.forward(prompt, None)`), fastest of `--repeats`;
-- `decode tok/s`: `--decode` single-token steps carrying the state (ours: `model.step`, the
-  generation loop's call), fastest of `--repeats` timed loops after 3 warm-up steps;
-- `weight reads` (a floor, not a runtime): one matrix-vector product per weight matrix of the
-  rwkv7 model (head included) and nothing else, i.e. what any fp32 runtime that reads each
-  weight once per token must spend; decode at B = 1 is bound by it.
+- `decode tok/s`: `--decode` single-token steps carrying the state (ours: `model.step` after
+  `model.prepare_for_decode()`, as the generation loop calls them), fastest of `--repeats`
+  timed loops after 3 warm-up steps;
+- `weight reads` (a floor, not a runtime): one `F.linear` matrix-vector product per weight
+  matrix of the rwkv7 model (head included, row-major as loaded) and nothing else, i.e. what
+  any fp32 runtime that reads each weight once per token must spend; decode at B = 1 is bound
+  by it. `weight reads, decode layout`: the same with the layout `prepare_for_decode` gives
+  (column-major where out_features >= in_features), the floor for our decode step.
 
-Our metastate and transformer families (the same width and depth, random weights) are timed
-the same way; the package has no counterpart for them. Runtimes alternate over `--rounds`
-rounds so that they share the machine's load. It prints numbers only; nothing is asserted.
+`ours rwkv7 scripted` is the same model after `prepare_for_decode(script=True)` (TorchScript
+one-token TimeMix and ChannelMix, opt-in). Our metastate and transformer families (the same
+width and depth, random weights) are timed the same way; the package has no counterpart for
+them. Runtimes alternate over `--rounds` rounds so that they share the machine's load. It
+prints numbers only; nothing is asserted.
 
     python benchmarks/generation_bench.py                 # the Markdown table (~2 min on 2 cores)
     python benchmarks/generation_bench.py --rounds 1 --decode 20
@@ -33,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RUNTIMES = ("ours rwkv7", "rwkv package", "ours metastate", "ours transformer", "weight reads")
+RUNTIMES = ("ours rwkv7", "rwkv package", "ours rwkv7 scripted", "ours metastate",
+            "ours transformer", "weight reads", "weight reads, decode layout")
 
 
 def prompt_tokens(n: int) -> list[int]:
@@ -51,7 +57,7 @@ def best_seconds(fn, repeats: int) -> float:
     return min(times)
 
 
-def time_ours(family: str, args, path: str) -> dict:
+def time_ours(family: str, args, path: str, script: bool = False) -> dict:
     import torch
 
     from model import build_model, import_rwkv7_checkpoint, model_preset
@@ -65,6 +71,8 @@ def time_ours(family: str, args, path: str) -> dict:
         model = build_model(model_preset(f"{family}-150m", n_layer=args.layers,
                                          d_model=args.d_model), ops_cfg)
     model.eval()
+    if not args.row_major:
+        model.prepare_for_decode(script=script)   # as generation does (model/generate.py)
     prompt = torch.tensor([prompt_tokens(args.prompt)])
     token = prompt[:, -1]
     with torch.no_grad():
@@ -82,12 +90,14 @@ def time_ours(family: str, args, path: str) -> dict:
     return {"prefill": args.prompt / prefill, "decode": args.decode / decode_s}
 
 
-def time_weight_reads(args, path: str) -> dict:
+def time_weight_reads(args, path: str, decode_layout: bool = False) -> dict:
     import torch
     import torch.nn.functional as F
 
     weights = [t for name, t in torch.load(path, map_location="cpu").items()
                if t.dim() == 2 and min(t.shape) > 1 and name != "emb.weight"]
+    if decode_layout:   # LanguageModel.prepare_for_decode's rule
+        weights = [w.t().contiguous().t() if w.shape[0] >= w.shape[1] else w for w in weights]
     x = {n: torch.randn(1, n) for n in {w.shape[1] for w in weights}}
 
     def read_all():
@@ -146,6 +156,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--row-major", action="store_true",
+                        help="time ours without prepare_for_decode's weight layout")
     parser.add_argument("--one", nargs=2, metavar=("RUNTIME", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -155,13 +167,14 @@ def main() -> None:
         runtime, path = args.one
         if runtime == "rwkv package":
             result = time_package(args, path)
-        elif runtime == "weight reads":
-            result = time_weight_reads(args, path)
+        elif runtime.startswith("weight reads"):
+            result = time_weight_reads(args, path, decode_layout=runtime.endswith("layout"))
         else:
-            result = time_ours(runtime.split()[1], args, path)
+            result = time_ours(runtime.split()[1], args, path, script=runtime.endswith("scripted"))
         print(json.dumps(result))
         return
-    forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "one"]
+    forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                 if k not in ("one", "row_major")] + (["--row-major"] if args.row_major else [])
     best: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as directory:
         path = export_weights(args, directory)

@@ -5,6 +5,7 @@ from torch import nn
 
 from model.config import ModelConfig, ffn_width
 from model.init import layer_ratios, orthogonal_, token_shift_mix
+from model.one_token import channel_mix_one_token, scripted
 from model.sharding import local
 from model.time_mix import token_shift
 
@@ -17,6 +18,7 @@ class ChannelMix(nn.Module):
         self.x_k = nn.Parameter(torch.empty(C))
         self.key = nn.Linear(C, F, bias=False)
         self.value = nn.Linear(F, C, bias=False)
+        self.scripted_step = False   # LanguageModel.prepare_for_decode(script=True) sets it
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -30,7 +32,9 @@ class ChannelMix(nn.Module):
         """One token: x [B, C], shift state [B, C] or None. Returns (out [B, C], x), as `forward`
         at T = 1."""
         previous = torch.zeros_like(x) if shift_state is None else shift_state.to(x.dtype)
-        return self.value(torch.relu(self.key(torch.lerp(x, previous, self.x_k))) ** 2), x
+        script = self.scripted_step and not torch.is_autocast_enabled(x.device.type)
+        run = scripted(channel_mix_one_token) if script else channel_mix_one_token
+        return run(x, previous, self.x_k, self.key.weight, self.value.weight), x
 
     def forward(self, x, shift_state=None):
         """x: [B, T, C] (ln2-normalised). Returns (out [B, T, C], new shift state [B, C])."""

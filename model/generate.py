@@ -50,7 +50,8 @@ def iter_generate(model, prompt_tokens, max_new_tokens: int, temperature: float 
                   top_p: float = 1.0, seed: int | None = None) -> Iterator[torch.Tensor]:
     """`generate`, one step at a time: yields each new token [B] as soon as it is sampled (for
     streaming). Only the carried state is kept, so memory is constant in the number of tokens
-    for the recurrent families.
+    for the recurrent families. The weights are re-laid for decoding first
+    (`LanguageModel.prepare_for_decode`: same values, column-major where that reads faster).
 
     Example:
         >>> for token in iter_generate(model, [1, 2, 3], max_new_tokens=16, temperature=0):
@@ -68,6 +69,7 @@ def iter_generate(model, prompt_tokens, max_new_tokens: int, temperature: float 
         generator = torch.Generator(device=prompt.device).manual_seed(seed)
     was_training = model.training
     model.eval()
+    model.prepare_for_decode()   # the weight layout one-row products read fastest (same values)
     try:
         with torch.no_grad():
             logits, state = model(prompt)

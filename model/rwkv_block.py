@@ -1,6 +1,7 @@
 """One block of the recurrent families: ln0 (layer 0) -> TimeMix -> ChannelMix or Meta-State."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.channel_mix import ChannelMix
@@ -59,18 +60,26 @@ class RWKVBlock(nn.Module):
         return x + ffn_out, v_first, new_state
 
     def step(self, x, v_first, state: dict | None):
-        """One token: x [B, C]. Returns (x, v_first, new state), as `forward` at T = 1."""
+        """One token: x [B, C]. Returns (x, v_first, new state), as `forward` at T = 1.
+
+        The norms are called as functions (a module call costs more than a [B, C] layer norm)."""
         state = state or {}
         if self.layer_id == 0:
-            x = self.ln0(x)
+            x = _layer_norm(self.ln0, x)
         att_out, v_first, att_shift, wkv, timemix_scan = self.att.step(
-            self.ln1(x), v_first, state.get("att_shift"), state.get("wkv"))
+            _layer_norm(self.ln1, x), v_first, state.get("att_shift"), state.get("wkv"),
+            with_scan=not hasattr(self, "ffn"))
         x = x + att_out
         new_state = {"att_shift": att_shift, "wkv": wkv}
         if hasattr(self, "ffn"):
-            ffn_out, new_state["ffn_shift"] = self.ffn.step(self.ln2(x), state.get("ffn_shift"))
+            ffn_out, new_state["ffn_shift"] = self.ffn.step(_layer_norm(self.ln2, x),
+                                                            state.get("ffn_shift"))
         else:   # the Meta-State layer's own forward handles T = 1 on the one-token scan
             ffn_out, new_state["ffn_shift"], new_state["meta"] = self.meta(
                 self.ln2(x)[:, None], timemix_scan, state.get("ffn_shift"), state.get("meta"))
             ffn_out = ffn_out[:, 0]
         return x + ffn_out, v_first, new_state
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)

@@ -20,10 +20,16 @@ from model.init import (
     orthogonal_,
     token_shift_mix,
 )
+from model.one_token import (
+    DECAY_SCALE,
+    scripted,
+    time_mix_one_token,
+    time_mix_read_out,
+    time_mix_scan_inputs,
+)
 from model.sharding import group_norm_heads, local, matmul_columns
 from ops import OpsConfig, Wkv7Transition
 
-DECAY_SCALE = 0.6065306597        # e^{-1/2}: log-decay = -e^{-1/2} sigmoid(.), decay in (0.545, 1)
 LN_X_EPS = 64e-5                  # RWKV-LM's GroupNorm eps for the WKV read-out (not 1e-5)
 MIX_NAMES = ("r", "w", "k", "v", "a", "g")
 MIX_POWERS = {"r": 0.2, "w": 0.9, "k": 0.7, "v": 0.7, "a": 0.9, "g": 0.2}
@@ -67,6 +73,7 @@ class TimeMix(nn.Module):
         self.value = nn.Linear(C, C_s, bias=False)
         self.output = nn.Linear(C_s, C, bias=False)
         self.ln_x = nn.GroupNorm(self.n_head, C_s, eps=LN_X_EPS)
+        self.scripted_step = False   # LanguageModel.prepare_for_decode(script=True) sets it
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -99,36 +106,35 @@ class TimeMix(nn.Module):
         self.ln_x.weight.fill_(((lid + 1) / L) ** 0.7)
         self.ln_x.bias.zero_()
 
-    def step(self, x, v_first, shift_state, wkv_state):
+    def step(self, x, v_first, shift_state, wkv_state, with_scan: bool = False):
         """One token (generation's decode step): x [B, C]; the states as `forward` returns them
         (None at the start). Returns (out [B, C], v_first [B, C_s], new shift state, new WKV
-        state, the finished one-token Wkv7Scan). `forward` at T = 1 computes the same values;
-        this form skips the sequence machinery (about half the small ops), because a decode
-        step costs its weight reads plus one dispatch per op."""
-        N = self.head_size
+        state, the finished one-token Wkv7Scan if `with_scan` (the Meta-State layer reads it)
+        else None). `forward` at T = 1 computes the same values with the sequence machinery;
+        this form is model/one_token.py's functions on the weights, TorchScript-compiled after
+        `LanguageModel.prepare_for_decode(script=True)` (used when autocast is off)."""
         previous = torch.zeros_like(x) if shift_state is None else shift_state.to(x.dtype)
-        mixes = torch.stack([getattr(self, f"x_{n}") for n in MIX_NAMES])[:, None]
-        xr, xw, xk, xv, xa, xg = torch.addcmul(x, previous - x, mixes).unbind(0)
-        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
-        w = -DECAY_SCALE * torch.sigmoid(torch.addmm(self.w0, torch.tanh(xw @ self.w1), self.w2))
-        if self.layer_id == 0:
-            v_first = v
-        else:
-            v = torch.lerp(v, v_first, torch.sigmoid(torch.addmm(self.v0, xv @ self.v1, self.v2)))
-        a = torch.sigmoid(torch.addmm(self.a0, xa @ self.a1, self.a2))
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
-        B, H = x.shape[0], r.shape[-1] // N
-        kk = F.normalize((k * self.k_k).view(B, 1, H, N), dim=-1, p=2.0)
-        k = k * (1 + (a - 1) * self.k_a)
+        mixes = [self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g]
+        v0, v1, v2 = (getattr(self, name, None) for name in ("v0", "v1", "v2"))
+        if not with_scan and not torch.is_autocast_enabled(x.device.type):
+            run = scripted(time_mix_one_token) if self.scripted_step else time_mix_one_token
+            out, v_first, new_wkv_state = run(
+                x, previous, v_first, wkv_state, mixes, self.receptance.weight, self.key.weight,
+                self.value.weight, self.output.weight, self.w0, self.w1, self.w2, self.a0, self.a1,
+                self.a2, v0, v1, v2, self.g1, self.g2, self.k_k, self.k_a, self.r_k,
+                self.ln_x.weight, self.ln_x.bias, self.ln_x.eps, self.head_size)
+            return out, v_first, x, new_wkv_state, None
+        r, w, k, v, a, kk, g, v_first = time_mix_scan_inputs(
+            x, previous, v_first, mixes, self.receptance.weight, self.key.weight,
+            self.value.weight, self.w0, self.w1, self.w2, self.a0, self.a1, self.a2, v0, v1, v2,
+            self.g1, self.g2, self.k_k, self.k_a, self.head_size)
         dtype = common_dtype(r, w, k, v, a, kk)
-        r, w, k, v, a, kk = (t.view(B, 1, H, N) if t.dtype == dtype else t.view(B, 1, H, N).to(dtype)
-                             for t in (r, w, k, v, a, kk))
+        r, w, k, v, a, kk = (t[:, None].to(dtype) for t in (r, w, k, v, a, kk))
         transition = Wkv7Transition(w, -kk, kk * a, self.ops_cfg.backend, self.ops_cfg.chunk_size)
         scan = transition.scan(r, k, v, initial_state=wkv_state, output_final_state=True)
-        y = F.group_norm(scan.output.view(B, H * N), H, self.ln_x.weight, self.ln_x.bias,
-                         self.ln_x.eps)
-        bonus = (r * k * self.r_k).sum(dim=-1, keepdim=True) * v
-        out = self.output(((y + bonus.view(B, H * N)) * g).to(x.dtype))
+        out = time_mix_read_out(scan.output[:, 0], r[:, 0], k[:, 0], v[:, 0], g, self.r_k,
+                                self.ln_x.weight, self.ln_x.bias, self.ln_x.eps,
+                                self.output.weight, x.dtype)
         return out, v_first, x, scan.final_state, scan
 
     def forward(self, x, v_first, shift_state=None, wkv_state=None):

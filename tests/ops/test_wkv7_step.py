@@ -6,6 +6,7 @@ import torch
 
 from ops import Wkv7Transition, meta_state_scan, wkv7
 from ops.rwkv7 import wkv7_reference
+from ops.rwkv7.step import rwkv7_one_token
 
 from .test_wkv7 import FP32_REL_TOL, FP64_REL_TOL, rel_err
 
@@ -55,3 +56,25 @@ def test_one_step_under_bf16_autocast_computes_in_fp32(wkv7_inputs):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, s = wkv7(r, w, k, v, a, b, s0, True, backend="chunked")
     assert y.dtype == torch.float32 and torch.equal(y, y_ref) and torch.equal(s, s_ref)
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+def test_rwkv7_one_token_equals_the_reference_in_float64(wkv7_inputs, with_state):
+    """The decode step's direct path (no transition object): a = -kk and b = kk * a_gate."""
+    r, w, k, v, minus_kk, kk_a, s0 = wkv7_inputs(2, 1, 3, 16, seed=9)
+    s0 = s0 if with_state else None
+    (y_ref,), s_ref = wkv7_reference((r,), w, k, v, minus_kk, kk_a, s0, True)
+    y, s = rwkv7_one_token(*(x[:, 0] for x in (r, w, k, v, -minus_kk, kk_a)), s0)
+    assert y.shape == r[:, 0].shape and s.shape == s_ref.shape
+    assert rel_err(y, y_ref[:, 0]) < FP64_REL_TOL and rel_err(s, s_ref) < FP64_REL_TOL
+
+
+def test_rwkv7_one_token_runs_low_precision_inputs_in_fp32(wkv7_inputs):
+    """bf16 vectors (a model cast to bf16): the update and the state are fp32, y comes back in
+    bf16, and both equal the fp32 computation on the same (rounded) inputs."""
+    r, w, k, v, minus_kk, kk_a, s0 = wkv7_inputs(1, 1, 2, 16, seed=10)
+    vectors = [x[:, 0].to(torch.bfloat16) for x in (r, w, k, v, -minus_kk, kk_a)]
+    y, s = rwkv7_one_token(*vectors, s0.to(torch.bfloat16))
+    y32, s32 = rwkv7_one_token(*(x.float() for x in vectors), s0.to(torch.bfloat16).float())
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+    assert torch.equal(s, s32) and torch.equal(y, y32.to(torch.bfloat16))
