@@ -89,9 +89,14 @@ def train_command(args: argparse.Namespace) -> int:
         if request is not None and env.is_rank0:
             # before the barrier: once a peer exits, srun may kill this node's processes; every
             # rank's part of the checkpoint is on disk once save_checkpoint has returned
-            outcome = requeue_slurm_job() if request.requeue else "not requeued (SIGTERM means stop)"
-            print(f"train: stopped at step {result['step']} on {request.signal_name} with a "
-                  f"checkpoint; {outcome}", file=sys.stderr, flush=True)
+            def report(outcome: str) -> None:
+                print(f"train: stopped at step {result['step']} on {request.signal_name} with a "
+                      f"checkpoint; {outcome}", file=sys.stderr, flush=True)
+
+            if request.requeue:
+                requeue_slurm_job(report)
+            else:
+                report("not requeued (SIGTERM means stop)")
         # No rank tears the process group down while a peer is still inside a collective (a
         # gloo peer vanishing mid-operation aborts the other process).
         env.barrier()

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -91,17 +92,23 @@ class PreemptionHandler:
         return None
 
 
-def requeue_slurm_job(environ=os.environ) -> str:
-    """Run `scontrol requeue $SLURM_JOB_ID`; returns what happened, for the log. Outside SLURM
-    (no SLURM_JOB_ID) it does nothing: `metastate launch local` users rerun the same command."""
+def requeue_slurm_job(report: Callable[[str], None], environ=os.environ) -> None:
+    """Run `scontrol requeue $SLURM_JOB_ID`, telling `report` what happens, one line a call.
+
+    The line saying the job is being requeued comes *before* scontrol runs: SLURM cancels the job
+    step as soon as the requeue takes effect, and this process may not live to print afterwards.
+    A failed requeue reports a second line. Outside SLURM (no SLURM_JOB_ID) it does nothing:
+    `metastate launch local` users rerun the same command."""
     job_id = environ.get("SLURM_JOB_ID")
     if not job_id:
-        return "not under SLURM: rerun the same command with train.resume=auto to continue"
+        report("not under SLURM: rerun the same command with train.resume=auto to continue")
+        return
+    report(f"requeueing SLURM job {job_id}; it resumes from the checkpoint when it starts again")
     try:
         proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
-        return f"scontrol requeue {job_id} failed ({err}); resubmit with `metastate submit` to continue"
+        report(f"scontrol requeue {job_id} failed ({err}); resubmit with `metastate submit` to continue")
+        return
     if proc.returncode != 0:
-        return (f"scontrol requeue {job_id} failed: {proc.stderr.strip()}; resubmit with "
-                "`metastate submit` to continue")
-    return f"requeued SLURM job {job_id}; it resumes from the checkpoint when it starts again"
+        report(f"scontrol requeue {job_id} failed: {proc.stderr.strip()}; resubmit with "
+               "`metastate submit` to continue")

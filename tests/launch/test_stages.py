@@ -317,7 +317,7 @@ def test_slurm_job_preempted_at_the_stage_boundary_requeues_and_finishes_like_a_
     fields = wait_for_job(slurm, job, timeout_s=400)
     text = log()
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", text[-3000:]
-    assert f"requeued SLURM job {job}" in text
+    assert f"requeueing SLURM job {job}" in text
     stopped_at = int(text.split(": SIGUSR1 received")[0].rsplit("step ", 1)[1])
     assert 4 <= stopped_at < 16, text[-3000:]
 

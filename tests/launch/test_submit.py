@@ -207,7 +207,7 @@ def test_sigusr1_checkpoints_requeues_and_the_requeued_job_ends_like_an_uninterr
     fields = wait_for_job(slurm, job)
     log = slurm_log(out, job, "out") + slurm_log(out, job, "err")
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", log[-3000:]
-    assert f"requeued SLURM job {job}" in log
+    assert f"requeueing SLURM job {job}" in log
     stopped_at = int(log.split(": SIGUSR1 received; checkpoint")[0].rsplit("step ", 1)[1])
     assert 3 <= stopped_at < STEPS
     saved = [p.name for p in list_complete(out / "checkpoints")]

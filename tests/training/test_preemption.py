@@ -44,7 +44,29 @@ def test_a_signal_seen_by_another_rank_stops_this_one_too():
 
 
 def test_requeue_outside_slurm_does_nothing_and_says_how_to_continue():
-    assert "rerun the same command with train.resume=auto" in requeue_slurm_job(environ={})
+    lines = []
+    requeue_slurm_job(lines.append, environ={})
+    (line,) = lines
+    assert "rerun the same command with train.resume=auto" in line
+
+
+def test_requeue_is_announced_before_scontrol_runs_and_a_failure_adds_a_line(tmp_path, monkeypatch):
+    """SLURM cancels the job step as soon as the requeue takes effect, so the announcement must
+    already be out when scontrol runs (here a fake scontrol records what was printed by then)."""
+    lines = []
+    fake = tmp_path / "scontrol"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'called'}\necho 'Invalid job id' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+
+    def report(line):
+        lines.append((line, (tmp_path / "called").exists()))
+
+    requeue_slurm_job(report, environ={"SLURM_JOB_ID": "42"})
+    assert lines[0] == ("requeueing SLURM job 42; it resumes from the checkpoint when it starts again", False)
+    assert lines[1][0] == ("scontrol requeue 42 failed: Invalid job id; resubmit with `metastate submit` "
+                           "to continue")
+    assert (tmp_path / "called").read_text() == "requeue 42\n"
 
 
 def test_trainer_checkpoints_at_the_next_step_boundary_and_resumes_from_it(tmp_path):
