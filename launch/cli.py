@@ -46,13 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, as_program: bool = False) -> int:
     """Run one subcommand. A ConfigError, or any expected failure (data, checkpoint, safety
     refusal, file system), becomes one line on stderr and exit code 2.
+
+    `as_program`: this call is the whole process (the `metastate` command, `python -m
+    launch.cli`), so `train` may end the process if it hangs after its run
+    (training/exit_watchdog.py); a caller that goes on working leaves it False.
 
     Example: main(["config", "show", "demo", "train.steps=7"]) prints the YAML and returns 0.
     """
     args = build_parser().parse_args(argv)
+    args.as_program = as_program
     try:
         return args.func(args)
     except ConfigError as error:
@@ -63,5 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def program() -> int:
+    """The `metastate` command's entry point."""
+    return main(as_program=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program())

@@ -69,6 +69,7 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"train: {err}", file=sys.stderr)
         return 2
     from training.distributed import init_distributed, shutdown_distributed
+    from training.exit_watchdog import arm_exit_watchdog
     from training.preemption import PREEMPTED_EXIT_CODE, requeue_slurm_job
     from training.stability import TrainingDiverged
     from training.trainer import Trainer
@@ -100,6 +101,8 @@ def train_command(args: argparse.Namespace) -> int:
         # No rank tears the process group down while a peer is still inside a collective (a
         # gloo peer vanishing mid-operation aborts the other process).
         env.barrier()
+        if args.as_program:  # the run is done: a hang from here on must not hold the job
+            arm_exit_watchdog(PREEMPTED_EXIT_CODE if request is not None else 0)
     except TrainingDiverged as err:
         print(f"train: {err}", file=sys.stderr)
         return 3
