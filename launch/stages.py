@@ -36,7 +36,6 @@ from launch.stage_config import Stage
 from training.checkpointing import CheckpointError, find_latest, step_of
 
 GROW_MODULE = "launch.stages"      # `python -m launch.stages STAGE_CONFIG PARENT ROOT ...`
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)   # training/preemption.py's; the grower ignores them
 
 
 def stage_checkpoints(out_dir: Path, stage: Stage, last: int) -> Path:
@@ -121,13 +120,15 @@ def grow_in_child_process(args: list[str]) -> None:
 
     torchrun forwards those signals to each worker's whole process group, the child included, and
     their default action would kill it half-way (the job then fails instead of checkpointing).
-    The parent records them (launch/stages.py's handler) and stops after stage k+1's first step, so
+    The parent records them (run_stages' handler between stages) and stops after stage k+1's first step, so
     the child finishes the growth with the signals blocked: a blocked mask is inherited across
     fork and exec, and while the parent blocks them too, a signal that arrives waits and reaches
     the parent's handler when the mask is restored. SIGKILL still ends both."""
+    from training.preemption import REQUEUE_SIGNAL, STOP_SIGNAL
+
     child_env = {k: v for k, v in os.environ.items()
                  if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, (REQUEUE_SIGNAL, STOP_SIGNAL))
     try:
         child = subprocess.Popen([sys.executable, "-m", GROW_MODULE, *args], env=child_env)
     finally:

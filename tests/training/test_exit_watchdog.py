@@ -41,7 +41,7 @@ TRAIN_THEN_LIST_THREADS = """
 import sys, threading
 from launch.cli import main, program
 sys.argv = ["metastate", "train", "smoke", *sys.argv[2:]]
-code = program() if sys.argv_as_program else main(sys.argv[1:])
+code = program() if AS_PROGRAM else main(sys.argv[1:])
 print(code, sorted(t.name for t in threading.enumerate() if t.name == "exit-watchdog"))
 """
 
@@ -52,7 +52,7 @@ def test_only_the_metastate_program_arms_the_watchdog_after_a_finished_run(tmp_p
             "train.eval_every=0", "tracking.backend=none", "checkpoint.every=0"]
     seen = {}
     for as_program in (True, False):
-        script = TRAIN_THEN_LIST_THREADS.replace("sys.argv_as_program", str(as_program))
+        script = TRAIN_THEN_LIST_THREADS.replace("AS_PROGRAM", str(as_program))
         proc = subprocess.run([sys.executable, "-c", script, "x", *tiny,
                                f"train.out_dir={tmp_path / str(as_program)}"], cwd=REPO,
                               capture_output=True, text=True, timeout=300)
